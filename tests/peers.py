@@ -1,0 +1,175 @@
+"""Real DICOM peers for tests: dcmtk tools by absolute path and an Orthanc PACS on loopback.
+
+Servers listen on ports chosen at run time and are stopped by the fixture that
+started them. dcmtk and Orthanc are started with ``TCP_NODELAY=1`` so a C-STORE
+does not wait on Nagle / delayed ACK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+DCMTK = Path("/usr/bin")
+STORESCU = DCMTK / "storescu"
+STORESCP = DCMTK / "storescp"
+ECHOSCU = DCMTK / "echoscu"
+DSRDUMP = DCMTK / "dsrdump"
+DCIODVFY = Path("/usr/bin/dciodvfy")
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+def peer_env() -> dict[str, str]:
+    """Environment for dcmtk tools and Orthanc: TCP_NODELAY on."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], str]:
+    """Run dicom3tools' dciodvfy; return (error lines, whole output)."""
+    proc = subprocess.run([str(DCIODVFY), "-new", str(path)], capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    return errors, output
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: its DICOM endpoint and REST base URL."""
+
+    aet: str
+    dicom_port: int
+    http_port: int
+    storage: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def rest(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def instances(self) -> list[str]:
+        with self.rest() as client:
+            return list(client.get("/instances").raise_for_status().json())
+
+    def find_sr(self, study_uid: str) -> list[dict[str, object]]:
+        """Instances of Modality SR in the study, through /tools/find."""
+        query = {"Level": "Instance", "Expand": True, "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}}
+        with self.rest() as client:
+            return list(client.post("/tools/find", json=query).raise_for_status().json())
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        config = {
+            "Name": "TestPACS",
+            "StorageDirectory": str(self.storage / "db"),
+            "IndexDirectory": str(self.storage / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            # Orthanc 1.10 cannot bind one address: refuse remote HTTP and unknown DICOM peers instead.
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "UnknownSopClassAccepted": True,
+            "Plugins": [],
+            "StableAge": 1,
+            "HttpTimeout": 30,
+        }
+        cfg = self.storage / "orthanc.json"
+        self.storage.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps(config))
+        log = open(self.storage / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen([str(ORTHANC), str(cfg)], stdout=log, stderr=log, env=peer_env())
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{self.url}/system", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Orthanc did not start; see {self.storage / 'orthanc.log'}") from None
+                time.sleep(0.1)
+        wait_for_port(self.dicom_port)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@contextmanager
+def running_orthanc(storage: Path, aet: str = "ORTHANC") -> Iterator[Orthanc]:
+    """Start Orthanc on free loopback ports, yield it, stop it."""
+    orthanc = Orthanc(aet=aet, dicom_port=free_port(), http_port=free_port(), storage=storage)
+    orthanc.start()
+    try:
+        yield orthanc
+    finally:
+        orthanc.stop()
+
+
+@contextmanager
+def running_storescp(directory: Path, aet: str = "STORESCP") -> Iterator[int]:
+    """Start dcmtk storescp on a free loopback port writing into ``directory``; yield the port."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(STORESCP), "--aetitle", aet, "--output-directory", str(directory), "--accept-all", str(port)],
+        env=peer_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def require_tool(path: Path) -> Path:
+    """The absolute path of a required external tool; fail loudly when it is missing."""
+    if not path.exists() and shutil.which(path.name) is None:
+        raise RuntimeError(f"{path} is missing: run scripts/test.sh, which installs dcmtk, orthanc and dicom3tools")
+    return path
