@@ -1,0 +1,93 @@
+"""Ingest: records of durable instances become instance, series and study rows, and the node component.
+
+:class:`StoreSink` is the :class:`dicom_node.scp.InstanceSink` the storage SCP
+commits to. One call is one transaction: every instance row (a SOP Instance
+UID already present is ignored, so a re-send is stored once), the series row
+(created ``open``; ``instance_count`` and ``last_received`` updated) and the
+study row. :func:`node_component` builds the storage SCP from the configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from appliance.config import Config
+from appliance.state import StateStore
+from dicom_node.access import AccessPolicy, Peer
+from dicom_node.scp import InstanceRecord, StorageSCP
+from dicom_node.spool import Spool
+from dicom_node.tls import server_context
+
+__all__ = ["StoreSink", "node_component", "spool_dir"]
+
+logger = logging.getLogger(__name__)
+
+_INSERT_INSTANCE = """
+insert or ignore into instances
+  (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, path, size, calling_ae, received_at)
+values (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_UPSERT_STUDY = """
+insert into studies (study_uid, first_received, last_received, state) values (?, ?, ?, 'open')
+on conflict (study_uid) do update set last_received = max(last_received, excluded.last_received)
+"""
+_UPSERT_SERIES = """
+insert into series
+  (series_uid, study_uid, modality, series_description, instance_count, first_received, last_received, state)
+values (?, ?, ?, ?, 1, ?, ?, 'open')
+on conflict (series_uid) do update set
+  instance_count = instance_count + 1,
+  last_received = max(last_received, excluded.last_received)
+"""
+
+
+class StoreSink:
+    """Commits instance records into the state store (the node's :class:`InstanceSink`)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def commit(self, records: Sequence[InstanceRecord]) -> None:
+        """Insert all records in one transaction; an instance already stored is left as it is."""
+        with self.store.atomic() as db:
+            conn = db.conn
+            for rec in records:
+                cursor = conn.execute(
+                    _INSERT_INSTANCE,
+                    (rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.study_uid, rec.transfer_syntax,
+                     str(rec.path), rec.size, rec.calling_ae, rec.received_at),
+                )
+                if cursor.rowcount != 1:
+                    continue  # the same SOP Instance UID again: stored once
+                conn.execute(_UPSERT_STUDY, (rec.study_uid, rec.received_at, rec.received_at))
+                conn.execute(
+                    _UPSERT_SERIES,
+                    (rec.series_uid, rec.study_uid, rec.modality, rec.series_description,
+                     rec.received_at, rec.received_at),
+                )
+
+
+def spool_dir(config: Config) -> Path:
+    """Where received instances are kept: ``<data_dir>/spool``."""
+    return config.data_dir / "spool"
+
+
+def node_component(config: Config, store: StateStore) -> StorageSCP:
+    """The storage SCP configured from ``[node]`` and ``[[peers]]``, committing into ``store``."""
+    node = config.node
+    tls = node.tls
+    context = server_context(tls.cert, tls.key, tls.ca or None) if tls.enabled else None
+    policy = AccessPolicy(node.ae_title, [Peer(p.ae_title, p.host) for p in config.peers])
+    return StorageSCP(
+        ae_title=node.ae_title,
+        host=node.host,
+        port=node.port,
+        spool=Spool(spool_dir(config), node.min_free_bytes),
+        sink=StoreSink(store),
+        policy=policy,
+        ssl_context=context,
+        max_pdu=node.max_pdu,
+    )
+

@@ -1,0 +1,182 @@
+"""The outbox: result files waiting for delivery, as rows of the state store's ``deliveries`` table.
+
+Reports write their files under ``data_dir/outbox/`` and call :func:`enqueue`,
+which creates one ``pending`` row per destination; the same SOP Instance UID
+is queued once per destination however often it is enqueued. The delivery
+sender (:class:`dicom_node.delivery.DeliverySender`) leases due rows through
+:class:`Outbox` and marks each ``delivered``, for retry, or ``dead`` with the
+reason. :func:`delivery_component` builds the sender from the configuration
+for ``appliance serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from appliance.config import Config, DestinationSettings
+from appliance.errors import ApplianceError
+from appliance.state import StateStore
+from dicom_node.delivery import DeliverySender, PendingDelivery, RetryPolicy
+from dicom_node.scu import Destination, StorageSCU
+
+__all__ = [
+    "Outbox",
+    "delivery_component",
+    "destination_from",
+    "enqueue",
+    "outbox_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+#: how long a leased row is hidden from other leases: only matters after a crash (then
+#: the row is sent again, same SOP Instance UID); one worker per destination never
+#: leases a row it is still sending
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def outbox_dir(data_dir: Path) -> Path:
+    """Where result files wait for delivery: ``data_dir/outbox``."""
+    return Path(data_dir) / "outbox"
+
+
+def enqueue(
+    store: StateStore, job_id: str, path: Path | str, sop_instance_uid: str, destinations: Iterable[str]
+) -> list[int]:
+    """Queue ``path`` for every destination; return the ids of the rows (new or already there).
+
+    Idempotent: a (destination, SOP Instance UID) pair that is already queued,
+    delivered or dead is left as it is.
+    """
+    names = list(dict.fromkeys(destinations))
+    if not sop_instance_uid:
+        raise ApplianceError(f"cannot queue {str(path)!r} for delivery without a SOP Instance UID")
+    now = time.time()
+    rows = [
+        {
+            "job_id": job_id,
+            "destination": name,
+            "path": str(path),
+            "sop_instance_uid": sop_instance_uid,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "delivered_at": None,
+            "last_error": "",
+        }
+        for name in names
+    ]
+    with store.atomic() as db:
+        if rows:
+            db.table("deliveries").insert_all(rows, ignore=True)
+        ids = [
+            row["id"]
+            for name in names
+            for row in db.query(
+                "select id from deliveries where destination = ? and sop_instance_uid = ?", [name, sop_instance_uid]
+            )
+        ]
+    logger.info("job %s: queued a result for %d destination(s)", job_id, len(names))
+    return ids
+
+
+class Outbox:
+    """The delivery queue over the state store; satisfies ``dicom_node.delivery.DeliveryQueue``."""
+
+    def __init__(self, store: StateStore, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self._store = store
+        self._lease = lease_seconds
+
+    def lease(self, destination: str, limit: int, now: float) -> list[PendingDelivery]:
+        """Due pending rows for ``destination``, oldest first, held for ``lease_seconds``."""
+        with self._store.atomic() as db:
+            rows = list(
+                db.query(
+                    "select id, destination, path, sop_instance_uid, attempts, created_at from deliveries "
+                    "where state = 'pending' and destination = ? and next_attempt_at <= ? "
+                    "order by next_attempt_at, id limit ?",
+                    [destination, now, limit],
+                )
+            )
+            if rows:
+                marks = ",".join("?" for _ in rows)
+                db.execute(
+                    f"update deliveries set next_attempt_at = ? where id in ({marks})",
+                    [now + self._lease, *(r["id"] for r in rows)],
+                )
+        return [
+            PendingDelivery(
+                id=r["id"],
+                destination=r["destination"],
+                path=Path(r["path"]),
+                sop_instance_uid=r["sop_instance_uid"],
+                attempts=r["attempts"] or 0,
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    def mark_delivered(self, delivery_id: int, now: float) -> None:
+        self._update(
+            "update deliveries set state = 'delivered', delivered_at = ?, attempts = attempts + 1, "
+            "last_error = '' where id = ?",
+            [now, delivery_id],
+        )
+
+    def mark_retry(self, delivery_id: int, reason: str, next_attempt_at: float) -> None:
+        self._update(
+            "update deliveries set attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+            "where id = ? and state = 'pending'",
+            [reason, next_attempt_at, delivery_id],
+        )
+
+    def mark_dead(self, delivery_id: int, reason: str) -> None:
+        self._update(
+            "update deliveries set state = 'dead', attempts = attempts + 1, last_error = ? where id = ?",
+            [reason, delivery_id],
+        )
+
+    def _update(self, sql: str, params: list[object]) -> None:
+        with self._store.atomic() as db:
+            db.execute(sql, params)
+
+    def pending_destinations(self) -> set[str]:
+        """Destinations that have pending rows (configured or not)."""
+        return {r["destination"] for r in self._store.query("select distinct destination from deliveries where state = 'pending'")}
+
+
+def destination_from(settings: DestinationSettings, config: Config) -> Destination:
+    """The SCU's view of a configured destination; ``tls = true`` uses the node's TLS files."""
+    context = None
+    if settings.tls:
+        from dicom_node.tls import client_context
+
+        tls = config.node.tls
+        context = client_context(ca=tls.ca or None, cert=tls.cert or None, key=tls.key or None)
+    return Destination(settings.name, settings.ae_title, settings.host, settings.port, ssl_context=context)
+
+
+def scu_for(config: Config) -> StorageSCU:
+    """An SCU calling as our AE title, bounded by ``[delivery] timeout_seconds``."""
+    return StorageSCU(config.node.ae_title, timeout=config.delivery.timeout_seconds)
+
+
+def delivery_component(config: Config, store: StateStore) -> DeliverySender | None:
+    """The ``delivery`` service component; None when no destination is configured."""
+    if not config.destinations:
+        outbox = Outbox(store)
+        if outbox.pending_destinations():
+            logger.warning("deliveries are pending but no destination is configured; they wait")
+        return None
+    destinations = {d.name: destination_from(d, config) for d in config.destinations}
+    outbox = Outbox(store)
+    unknown = outbox.pending_destinations() - set(destinations)
+    if unknown:
+        logger.warning("deliveries pending for unconfigured destination(s) %s wait", ", ".join(sorted(unknown)))
+    settings = config.delivery
+    policy = RetryPolicy(settings.initial_backoff_seconds, settings.max_backoff_seconds, settings.max_age_seconds)
+    return DeliverySender(outbox, destinations, scu_for(config), policy)

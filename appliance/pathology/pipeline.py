@@ -1,0 +1,260 @@
+"""Whole-slide inference: regions -> tiles -> batches -> tile engine -> slide engine.
+
+Memory is bounded by a few batches and the bag of embeddings, never the
+slide: a reader thread decodes one band of tiles at a time and hands
+finished batches through a queue of ``queue_batches`` to the engine, so
+decoding overlaps inference. The slide engine scores the bag; its attention
+and per-tile scores become the heat map and the top-k tiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from appliance.errors import JobFailed
+from appliance.findings import EngineIdentity, Finding, HeatMap, SourceImage, StudyResult, TileHit
+from appliance.pathology._grid import TileGrid, make_grid
+from appliance.pathology._levels import Level, SlideReader, nearest_level
+from appliance.pathology._tissue import tissue_mask
+
+__all__ = ["PathologySettings", "run_slide", "run_dicom_series", "run_slide_file", "Progress", "EngineLike"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class EngineLike(Protocol):
+    """What the pipeline needs of an engine (``engines.backends.Engine`` fits)."""
+
+    manifest: Any
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class PathologySettings:
+    """Tuning of the pathology pipeline; the defaults suit a laptop CPU."""
+
+    batch_size: int = 32  #: tiles per tile-engine call (capped by the engine's range)
+    min_tissue: float = 0.25  #: share of a tile the tissue mask must cover to be scored
+    top_k: int = 5  #: highest-scoring tiles reported
+    region_tiles: int = 16  #: tiles read and decoded per region (one band of a grid row)
+    mask_max_px: int = 2048  #: longest side of the tissue-detection image
+    queue_batches: int = 3  #: batches decoded ahead of the engine
+    read_threads: int = 1  #: frame-decoding threads of the DICOM reader
+    tiler: str = "numpy"  #: "numpy" (reference) or "cuda" (engines.kernels.cuda)
+
+
+def _card(engine: EngineLike, key: str) -> Any:
+    card = engine.manifest.model_card
+    if key not in card:
+        raise JobFailed(f"engine {engine.manifest.task}/{engine.manifest.version} model card lacks {key!r}")
+    return card[key]
+
+
+def _identity(engine: EngineLike) -> EngineIdentity:
+    m = engine.manifest
+    return EngineIdentity(
+        task=m.task, version=m.version, name=str(m.model_card.get("name", m.task)),
+        manufacturer=str(m.vendor), precision=str(m.precision), manifest_sha256=str(m.sha256),
+        demo=bool(m.demo),
+    )
+
+
+def _thumbnail(reader: SlideReader, max_px: int) -> tuple[np.ndarray, Level]:
+    """A low-resolution RGB image of the whole slide, read in strips from a coarse level."""
+    levels = sorted(reader.levels, key=lambda lv: lv.width * lv.height)
+    level = next((lv for lv in levels if max(lv.width, lv.height) >= min(512, max_px)), levels[-1])
+    f = max(1, math.ceil(max(level.width, level.height) / max_px))
+    h, w = level.height // f, level.width // f
+    if h == 0 or w == 0:
+        raise JobFailed(f"slide level {level.width}x{level.height} is too small for tissue detection")
+    out = np.empty((h, w, 3), np.uint8)
+    strip = max(1, (64 << 20) // (w * f * f * 3))  # output rows per read: <= 64 MiB of level pixels
+    for r in range(0, h, strip):
+        rows = min(strip, h - r)
+        region = reader.read_region(level.index, 0, r * f, w * f, rows * f)
+        out[r : r + rows] = region.reshape(rows, f, w, f, 3).mean(axis=(1, 3)).astype(np.uint8)
+    return out, level
+
+
+def _bands(grid: TileGrid, region_tiles: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(row, first col, last col, indices into the grid) of each region to read."""
+    pos = grid.positions
+    start = 0
+    n = len(grid)
+    while start < n:
+        row = pos[start, 0]
+        end = start + 1
+        while (end < n and pos[end, 0] == row and pos[end, 1] - pos[end - 1, 1] <= 2
+               and pos[end, 1] - pos[start, 1] < region_tiles):
+            end += 1
+        yield int(row), int(pos[start, 1]), int(pos[end - 1, 1]), np.arange(start, end)
+        start = end
+
+
+def _make_tiler(settings: PathologySettings, size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if settings.tiler == "cuda":
+        from engines.kernels.cuda import CudaTiler
+
+        cuda = CudaTiler(size, mean, std)
+        return lambda region, rects: cuda.run(region, rects).images
+    if settings.tiler != "numpy":
+        raise JobFailed(f"tiler must be 'numpy' or 'cuda', got {settings.tiler!r}")
+    from engines.kernels.reference import tile_batch
+
+    return lambda region, rects: tile_batch(region, rects, size, mean, std).images
+
+
+def _produce(reader: SlideReader, grid: TileGrid, tiler: Callable[[np.ndarray, np.ndarray], np.ndarray],
+             batch: int, size: int, settings: PathologySettings, out: "queue.Queue[Any]",
+             stop: threading.Event) -> None:
+    """Reader thread: fill batches of tiles in grid order and queue them; errors are queued too."""
+    try:
+        buf = np.empty((batch, 3, size, size), np.float32)
+        fill, first = 0, 0
+        t = grid.tile_px
+        for row, c0, c1, idx in _bands(grid, settings.region_tiles):
+            if stop.is_set():
+                return
+            region = reader.read_region(grid.level.index, c0 * t, row * t, (c1 - c0 + 1) * t, t)
+            rects = np.stack([(grid.positions[idx, 1] - c0) * t, np.zeros(len(idx), np.int64),
+                              np.full(len(idx), t), np.full(len(idx), t)], axis=1)
+            images = tiler(region, rects)
+            k = 0
+            while k < len(idx):
+                take = min(batch - fill, len(idx) - k)
+                buf[fill : fill + take] = images[k : k + take]
+                fill += take
+                k += take
+                if fill == batch:
+                    out.put((first, buf))
+                    buf = np.empty_like(buf)
+                    first += fill
+                    fill = 0
+        if fill:
+            out.put((first, buf[:fill]))
+        out.put(None)
+    except BaseException as exc:  # handed to the consumer, which raises it
+        out.put(exc)
+
+
+def _infer(engine: EngineLike, name: str, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
+    sizes = getattr(engine, "batch_sizes", None)
+    n = x.shape[0]
+    if sizes is not None and n < sizes.start:  # pad a short last batch
+        x = np.concatenate([x, np.zeros((sizes.start - n,) + x.shape[1:], x.dtype)])
+    try:
+        return engine.infer({name: x})
+    except Exception as exc:
+        raise JobFailed(f"{what} engine failed: {exc}") from exc
+
+
+def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: EngineLike, *, job_id: str,
+              study_uid: str, sources: Sequence[SourceImage] = (), progress: Progress | None = None,
+              settings: PathologySettings = PathologySettings()) -> StudyResult:
+    """Score one opened slide; see the module docstring."""
+    size = int(_card(tile_engine, "tile_size"))
+    mpp = float(_card(tile_engine, "mpp"))
+    mean, std = _card(tile_engine, "mean"), _card(tile_engine, "std")
+    threshold = float(_card(slide_engine, "threshold"))
+    t0 = time.perf_counter()
+    level = nearest_level(reader.levels, mpp)
+    thumb, mask_level = _thumbnail(reader, settings.mask_max_px)
+    mask = tissue_mask(thumb, min_area=max(4, thumb.size // 3 // 20000))
+    grid = make_grid(level, mask, mask_level, size, mpp, settings.min_tissue)
+    total = len(grid)
+    if total == 0:
+        raise JobFailed(
+            f"no tissue found: none of the {grid.rows}x{grid.cols} tiles has {settings.min_tissue:.0%} tissue"
+        )
+    logger.info("job %s: %d tissue tiles of %dx%d at level %d (%.3f mpp)", job_id, total, grid.rows,
+                grid.cols, level.index, level.mpp)
+    sizes = getattr(tile_engine, "batch_sizes", None)
+    batch = max(1, min(settings.batch_size, sizes.stop - 1 if sizes is not None else settings.batch_size))
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, settings.queue_batches))
+    stop = threading.Event()
+    tiler = _make_tiler(settings, size, mean, std)
+    worker = threading.Thread(target=_produce, name=f"tiles-{job_id}", daemon=True,
+                              args=(reader, grid, tiler, batch, size, settings, q, stop))
+    worker.start()
+    emb: np.ndarray | None = None
+    done = 0
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                if isinstance(item, JobFailed):
+                    raise item
+                raise JobFailed(f"reading the slide failed: {item}") from item
+            first, x = item
+            e = _infer(tile_engine, "image", x, "tile")["embedding"][: x.shape[0]]
+            if emb is None:
+                emb = np.empty((total, e.shape[1]), np.float32)
+            emb[first : first + x.shape[0]] = e
+            done += x.shape[0]
+            if progress is not None:
+                progress(done, total)
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
+    assert emb is not None and done == total
+    out = _infer(slide_engine, "embeddings", emb, "slide")
+    probability = float(np.clip(np.asarray(out["probability"]).reshape(-1)[0], 0.0, 1.0))
+    scores = np.asarray(out["tile_scores"], np.float32).reshape(-1)[:total]
+    heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
+    heat[grid.positions[:, 0], grid.positions[:, 1]] = scores
+    xy = grid.xy()
+    top = np.argsort(-scores, kind="stable")[: settings.top_k]
+    hits = tuple(TileHit(int(xy[i, 0]), int(xy[i, 1]), float(scores[i])) for i in top)
+    heat_map = HeatMap(heat, grid.tile_px, level.source, level.height, level.width, level.pixel_spacing_mm)
+    finding = Finding(
+        pipeline="pathology", probability=probability, threshold=threshold,
+        engine=_identity(slide_engine), sources=tuple(sources) or (level.source,),
+        heat_map=heat_map, top_tiles=hits, tiles_scored=total,
+    )
+    elapsed = time.perf_counter() - t0
+    logger.info("job %s: %d tiles in %.1f s (%.0f tiles/s)", job_id, total, elapsed, total / max(elapsed, 1e-9))
+    t = _identity(tile_engine)
+    notes = (f"tile engine {t.task} {t.version}; level {level.index} at {level.mpp:.3f} um/px; "
+             f"{total} tissue tiles of {grid.rows}x{grid.cols}",)
+    return StudyResult(job_id=job_id, study_uid=study_uid, findings=(finding,), notes=notes)
+
+
+def run_dicom_series(paths: Sequence[Path], tile_engine: EngineLike, slide_engine: EngineLike, *,
+                     job_id: str, sources: Sequence[SourceImage] = (), progress: Progress | None = None,
+                     settings: PathologySettings = PathologySettings()) -> StudyResult:
+    """Score a DICOM WSI series stored by the node (all its instance files)."""
+    from appliance.pathology._wsi import DicomSlide
+
+    with DicomSlide(paths, sources, threads=settings.read_threads) as slide:
+        study = slide.levels[0].source.study_uid
+        return run_slide(slide, tile_engine, slide_engine, job_id=job_id, study_uid=study,
+                         sources=sources, progress=progress, settings=settings)
+
+
+def run_slide_file(path: Path, tile_engine: EngineLike, slide_engine: EngineLike, *, job_id: str,
+                   mpp: float | None = None, progress: Progress | None = None,
+                   settings: PathologySettings = PathologySettings()) -> StudyResult:
+    """Score a vendor-format slide file (SVS, NDPI, MRXS, tiled TIFF) through openslide."""
+    from appliance.pathology._openslide import OpenSlideReader
+
+    with OpenSlideReader(path, mpp) as slide:
+        return run_slide(slide, tile_engine, slide_engine, job_id=job_id, study_uid="",
+                         progress=progress, settings=settings)

@@ -1,0 +1,121 @@
+"""Whole-slide pipeline benchmark on ONNX Runtime CPU.
+
+    .venv/bin/python bench/slide.py [--quick] [--tiles N] [--keep DIR]
+
+A synthetic slide with about N tissue tiles (default 50,000; --quick 1,500)
+of 224 px at 0.5 um/px is written as a DICOM WSI (JPEG frames) by a child
+process, which also exports the project's tile encoder (export.models.tile,
+default configuration, random weights) to ONNX. This process then measures,
+in one run: the tile engine alone on pre-made batches (tiles/s), the whole
+pipeline (read, decode, tile, normalize, embed, slide engine; tiles/s), their
+ratio, and its own peak RSS. Goal: pipeline >= 80 % of engine-only, RSS <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TISSUE_SHARE = 0.45  # share of a make_slide(blobs=12) covered by kept tiles, measured
+
+
+def prepare(root: Path, side: int) -> None:
+    """Child process: the slide and the ONNX tile encoder (keeps torch out of our RSS)."""
+    import torch
+
+    from export.models.tile import TileConfig, TileEncoder
+    from export.synthetic.slide import make_slide, write_dicom_wsi
+
+    t = time.perf_counter()
+    slide = make_slide(21, side, side, True, blobs=12)
+    write_dicom_wsi(slide, root / "slide", extras=False)
+    print(f"  slide {side}x{side} written in {time.perf_counter() - t:.0f} s", flush=True)
+    torch.manual_seed(0)
+    model = TileEncoder(TileConfig()).eval()
+    torch.onnx.export(model, (torch.zeros(2, 3, 224, 224),), str(root / "tile.onnx"), input_names=["image"],
+                      output_names=["embedding"], dynamic_axes={"image": {0: "N"}, "embedding": {0: "N"}},
+                      opset_version=18, dynamo=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about 1,500 tiles instead of 50,000")
+    ap.add_argument("--tiles", type=int, help="target number of tissue tiles")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--keep", type=Path, help="work folder to keep (default: temporary)")
+    ap.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--side", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(args.prepare, args.side)
+        return
+    target = args.tiles or (1500 if args.quick else 50_000)
+    side = int(math.sqrt(target / TISSUE_SHARE) * 224) // 256 * 256
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"preparing a ~{target} tile slide in {root}")
+        subprocess.run([sys.executable, __file__, "--prepare", str(root), "--side", str(side)], check=True)
+        run(root, args.batch)
+
+
+def run(root: Path, batch: int) -> None:
+    import onnx
+
+    from appliance.pathology import PathologySettings, run_dicom_series
+    from tests.pathology.tiny_engines import MEAN, STD, TinyEngine, TinyManifest, slide_model
+
+    threads = os.cpu_count() or 1
+    tile_card = {"tile_size": 224, "mpp": 0.5, "mean": MEAN, "std": STD}
+    tile = TinyEngine(onnx.load(str(root / "tile.onnx")), TinyManifest("pathology_tile", tile_card),
+                      range(1, 257), threads)
+    slide = TinyEngine(slide_model(128), TinyManifest("pathology_slide", {"threshold": 0.5}),
+                       range(1, 10**7), threads)
+    paths = sorted((root / "slide").glob("*.dcm"))
+    progress: list[int] = []
+    t = time.perf_counter()
+    result = run_dicom_series(paths, tile, slide, job_id="bench", progress=lambda d, n: progress.append(n),
+                              settings=PathologySettings(batch_size=batch))
+    t_pipe = time.perf_counter() - t
+    n = result.findings[0].tiles_scored
+
+    class NullTileEngine:  # read + decode + tile + normalize only
+        manifest = tile.manifest
+        batch_sizes = tile.batch_sizes
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {"embedding": np.zeros((inputs["image"].shape[0], 128), np.float32)}
+
+    t = time.perf_counter()
+    run_dicom_series(paths, NullTileEngine(), slide, job_id="bench-read", settings=PathologySettings(batch_size=batch))
+    t_read = time.perf_counter() - t
+    x = np.random.default_rng(0).normal(0, 1, (batch, 3, 224, 224)).astype(np.float32)
+    tile.infer({"image": x})  # warm-up
+    batches = math.ceil(n / batch)
+    t = time.perf_counter()
+    for _ in range(batches):
+        tile.infer({"image": x})
+    t_eng = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    eng, pipe = batches * batch / t_eng, n / t_pipe
+    print(f"tiles scored: {n} (probability {result.findings[0].probability:.3f}); "
+          f"ONNX Runtime CPU, {threads} threads, batch {batch}")
+    print(f"engine alone on pre-made batches: {eng:8.1f} tiles/s")
+    print(f"read + tile alone (null engine):  {n / t_read:8.1f} tiles/s")
+    print(f"whole pipeline:                   {pipe:8.1f} tiles/s  ({pipe / eng:.0%} of engine-only)")
+    print(f"peak RSS of this process:         {rss_mb:8.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""The storage SCP: C-ECHO and C-STORE into the durable spool (PS3.4 Annex A and B).
+
+A C-STORE is answered Success only after its file is durable (temporary name,
+fsync, rename, directory fsync) and the :class:`InstanceSink` has committed its
+record (shared/DESIGN.md invariant 1). The received data set bytes are stored
+exactly as they arrived, behind a File Meta header we write ourselves; they are
+never decoded and re-encoded. Failures map to named statuses: the node could
+not make the instance durable -> :attr:`StoreStatus.OUT_OF_RESOURCES`; the data
+set is truncated or lacks valid UIDs -> the ``0xC000`` "cannot understand"
+range. Either way no file and no row remain.
+
+Peers are checked when they ask to associate (:mod:`dicom_node.access`); the
+node never imports ``appliance``: whoever runs it passes an :class:`InstanceSink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+
+from dicom_node._dataset import MalformedDataset, file_meta, is_valid_uid, scan_dataset
+from dicom_node._storage_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from dicom_node.access import AccessPolicy, Rejection
+from dicom_node.spool import NotDurable, Spool, fsync_dir
+
+__all__ = ["InstanceRecord", "InstanceSink", "StorageSCP", "StoreStatus"]
+
+logger = logging.getLogger(__name__)
+
+# Identifiers may carry patient data: keep them out of pynetdicom's logs (invariant 4).
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+# pynetdicom's "standard" handlers format a debug dump of every DIMSE message and PDU even when
+# debug logging is off; that costs time per C-STORE, so only its plain log lines remain.
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses (PS3.4 Table B.2-1; 0xC001-0xC003 are ours in the C000-CFFF range)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700  #: Refused: Out of Resources -- could not make the instance durable
+    DATASET_MISMATCH = 0xA900  #: Error: Data Set does not match SOP Class
+    CANNOT_UNDERSTAND = 0xC000  #: Error: Cannot understand -- truncated or malformed data set
+    INVALID_UID = 0xC001  #: Cannot understand: Study/Series/SOP Instance UID missing or invalid
+    UID_MISMATCH = 0xC002  #: Cannot understand: data set SOP Instance UID differs from the request's
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One durable instance, as handed to the :class:`InstanceSink` (no patient data)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    series_description: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    calling_ae: str
+    received_at: float
+
+
+class InstanceSink(Protocol):
+    """Receives records of durable instances; commit them all in one transaction before returning.
+
+    The same SOP Instance UID committed twice must be stored once and not raise.
+    """
+
+    def commit(self, records: Sequence[InstanceRecord]) -> None: ...
+
+
+@dataclass
+class _Pending:
+    record: InstanceRecord
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    done: bool = False
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit: one thread syncs directories and commits rows for all waiting.
+
+    A lone association commits its own record at once; concurrent associations
+    share one directory fsync per directory and one database transaction.
+    """
+
+    def __init__(self, sink: InstanceSink) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leading = False
+
+    def commit(self, record: InstanceRecord) -> None:
+        item = _Pending(record)
+        with self._lock:
+            self._pending.append(item)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            item.wake.wait()
+        if not item.done:  # we lead: our own item is in the pending list
+            with self._lock:
+                batch, self._pending = self._pending, []
+            self._flush(batch)
+            with self._lock:
+                if self._pending:
+                    successor = self._pending[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
+        if item.error is not None:
+            raise item.error
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            for directory in {item.record.path.parent for item in batch}:
+                fsync_dir(directory)
+        except OSError as exc:  # the renames are not known to be durable: commit nothing
+            for item in batch:
+                item.error = exc
+                item.done = True
+                item.wake.set()
+            return
+        try:
+            self._sink.commit([item.record for item in batch])
+        except Exception as exc:  # noqa: BLE001 - reported to each waiting handler
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # isolate the failing record: commit the others one by one
+                for item in batch:
+                    try:
+                        self._sink.commit([item.record])
+                    except Exception as single:  # noqa: BLE001
+                        item.error = single
+        for item in batch:
+            item.done = True
+            item.wake.set()
+
+
+#: How long pynetdicom's DUL thread sleeps between polls when idle (its default is 1 ms, which
+#: adds up to a millisecond to each PDU received and each response sent).
+DUL_POLL_SECONDS = 0.0002
+
+
+def _tune(assoc: Any) -> None:
+    """Lower per-message latency of an accepted association: TCP_NODELAY and a shorter DUL poll."""
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+    assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+
+
+def _reject(assoc: Any, rejection: Rejection) -> None:
+    """Send A-ASSOCIATE-RJ and wait until it is on the wire, as pynetdicom does for its own checks."""
+    assoc.acse.send_reject(*rejection.reject_args)
+    assoc.kill()
+
+
+def _failure(status: StoreStatus, comment: str) -> Dataset:
+    """A status data set with an Error Comment (PS3.7 C.4.2.1.4; LO, at most 64 characters, no PHI)."""
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+class StorageSCP:
+    """The node's storage SCP, a service component (``name``, ``start()``, ``stop()``).
+
+    ``sop_classes`` defaults to every class in :data:`STORAGE_SOP_CLASSES`; each is
+    accepted in every syntax of :data:`TRANSFER_SYNTAXES`. ``port=0`` picks a free
+    port; :attr:`port` tells which after :meth:`start`.
+    """
+
+    name = "dicom-node"
+
+    def __init__(
+        self,
+        ae_title: str,
+        host: str,
+        port: int,
+        spool: Spool,
+        sink: InstanceSink,
+        policy: AccessPolicy,
+        ssl_context: ssl.SSLContext | None = None,
+        max_pdu: int = 0,
+        max_associations: int = 32,
+        sop_classes: Sequence[str] = STORAGE_SOP_CLASSES,
+    ) -> None:
+        self.ae_title = ae_title.strip()
+        self.host = host
+        self._port = port
+        self.spool = spool
+        self.policy = policy
+        self._commit = _GroupCommit(sink)
+        self._ssl_context = ssl_context
+        self._max_pdu = max_pdu
+        self._max_associations = max_associations
+        self._sop_classes = tuple(sop_classes)
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The port the SCP listens on (the bound port once started)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._port
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = self._max_pdu
+        ae.maximum_associations = self._max_associations
+        ae.add_supported_context(VERIFICATION)
+        for sop_class in self._sop_classes:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    def start(self) -> None:
+        """Remove temporaries of an interrupted run, then listen (returns at once)."""
+        with self._lock:
+            if self._server is not None:
+                return
+            self.spool.remove_temporaries()
+            ae = self._make_ae()
+            handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store)]
+            self._server = ae.start_server(
+                (self.host, self._port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context
+            )
+            logger.info("storage SCP %s listening on %s:%d%s", self.ae_title, self.host, self.port,
+                        " (TLS)" if self._ssl_context else "")
+
+    def stop(self) -> None:
+        """Stop listening and end open associations; safe to call twice."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        for assoc in list(server.active_associations):
+            assoc.abort()
+        server.shutdown()
+        server.server_close()
+        logger.info("storage SCP %s stopped", self.ae_title)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Refuse peers that are not listed, or that call another AE title (PS3.8 9.3.4).
+
+        Fails closed: pynetdicom swallows handler exceptions and would go on to
+        accept, so any error here rejects the association.
+        """
+        assoc = event.assoc
+        try:
+            primitive: Any = assoc.requestor.primitive
+            calling = str(primitive.calling_ae_title).strip()
+            called = str(primitive.called_ae_title).strip()
+            address = str(assoc.requestor.address)
+            rejection = self.policy.check(calling, called, address)
+        except Exception:
+            logger.exception("access check failed; refusing the association")
+            _reject(assoc, Rejection.CALLING_AE_NOT_RECOGNIZED)
+            return
+        if rejection is not None:
+            logger.warning("refused association from %s: calling AE %r, called AE %r (%s)",
+                           address, calling, called, rejection.name.lower().replace("_", " "))
+            _reject(assoc, rejection)
+            return
+        _tune(assoc)
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        """Make one C-STORE durable and answer it (PS3.4 B.2.3)."""
+        request: Any = event.request
+        transfer_syntax = str(event.context.transfer_syntax)
+        affected_sop = str(request.AffectedSOPInstanceUID or "").strip()
+        affected_class = str(request.AffectedSOPClassUID or "").strip()
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        view = request.DataSet.getbuffer()
+        try:
+            return self._store(view, transfer_syntax, affected_sop, affected_class, calling_ae)
+        finally:
+            view.release()
+
+    def _store(
+        self, data: memoryview, transfer_syntax: str, affected_sop: str, affected_class: str, calling_ae: str
+    ) -> int | Dataset:
+        try:
+            header = scan_dataset(data, transfer_syntax)
+        except MalformedDataset as exc:
+            logger.warning("C-STORE from %s refused: %s", calling_ae, exc)
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, "data set truncated or malformed")
+        for what, value in (("Study Instance UID", header.study_uid), ("Series Instance UID", header.series_uid),
+                            ("SOP Instance UID", header.sop_instance_uid)):
+            if not is_valid_uid(value):
+                logger.warning("C-STORE from %s refused: %s missing or invalid", calling_ae, what)
+                return _failure(StoreStatus.INVALID_UID, f"{what} missing or invalid")
+        if header.sop_instance_uid != affected_sop:
+            logger.warning("C-STORE from %s refused: data set SOP Instance UID differs from the request's", calling_ae)
+            return _failure(StoreStatus.UID_MISMATCH, "SOP Instance UID differs from Affected SOP Instance UID")
+        if header.sop_class_uid and header.sop_class_uid != affected_class:
+            logger.warning("C-STORE from %s refused: SOP Class UID %s differs from the request's %s",
+                           calling_ae, header.sop_class_uid, affected_class)
+            return _failure(StoreStatus.DATASET_MISMATCH, "SOP Class UID differs from Affected SOP Class UID")
+        meta = file_meta(affected_class, affected_sop, transfer_syntax, calling_ae)
+        try:
+            stored = self.spool.write(header.study_uid, header.series_uid, affected_sop, [meta, data], sync_dir=False)
+        except NotDurable as exc:
+            logger.error("C-STORE from %s refused, out of resources: %s", calling_ae, exc)
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "instance could not be made durable")
+        record = InstanceRecord(
+            sop_instance_uid=affected_sop,
+            sop_class_uid=affected_class,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            modality=header.modality,
+            series_description=header.series_description,
+            transfer_syntax=transfer_syntax,
+            path=stored.path,
+            size=stored.size,
+            calling_ae=calling_ae,
+            received_at=time.time(),
+        )
+        try:
+            self._commit.commit(record)
+        except Exception as exc:  # noqa: BLE001 - any sink failure means the row is not durable
+            logger.error("C-STORE from %s refused: recording the instance failed: %s", calling_ae, exc)
+            if stored.created:
+                self.spool.discard(stored.path)
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "instance could not be recorded")
+        return int(StoreStatus.SUCCESS)

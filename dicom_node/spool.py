@@ -1,0 +1,192 @@
+"""The durable spool: received instances as files named only by validated UIDs.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+Every file is written to a temporary name in its final directory, fsync'd,
+renamed, and its directory fsync'd (shared/DESIGN.md invariant 1), so after a
+crash a file either exists whole under its final name or not at all; leftover
+temporary files are removed by :meth:`Spool.remove_temporaries` at start.
+Names come only from UIDs matching ``^[0-9]+(\\.[0-9]+)*$`` of at most 64
+characters (invariant 2; PS3.5 section 9.1), never from free text.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node._dataset import is_valid_uid
+from dicom_node.errors import NodeError
+
+__all__ = ["InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid", "fsync_dir"]
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+_counter = itertools.count()
+
+
+class InvalidUid(NodeError):
+    """A UID that may not become part of a file name (not ``^[0-9]+(\\.[0-9]+)*$`` or over 64 characters)."""
+
+
+class NotDurable(NodeError):
+    """The instance could not be made durable (write, fsync or rename failed)."""
+
+
+class SpoolFull(NotDurable):
+    """Free space on the spool's file system is below ``min_free_bytes``."""
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file under its final name; ``created`` is False when it already existed (a re-send)."""
+
+    path: Path
+    size: int
+    created: bool
+
+
+def check_uid(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid UID, else raise :class:`InvalidUid` naming ``what``."""
+    if not is_valid_uid(value):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise InvalidUid(f"{what} {shown!r} is not a valid UID (digits and dots, at most 64 characters)")
+    return value
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable files under ``root``; refuses writes when free space would drop below ``min_free_bytes``."""
+
+    def __init__(self, root: Path | str, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self._mkdir_lock = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """The final path of an instance; every UID is validated first."""
+        return (
+            self.root
+            / check_uid(study_uid, "Study Instance UID")
+            / check_uid(series_uid, "Series Instance UID")
+            / (check_uid(sop_instance_uid, "SOP Instance UID") + ".dcm")
+        )
+
+    def free_bytes(self) -> int:
+        """Bytes available to this (unprivileged) process on the spool's file system."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def check_room(self, incoming: int) -> None:
+        """Raise :class:`SpoolFull` unless ``incoming`` bytes leave at least ``min_free_bytes`` free."""
+        free = self.free_bytes()
+        if free - incoming < self.min_free_bytes:
+            raise SpoolFull(
+                f"spool {str(self.root)!r} has {free} bytes free; storing {incoming} more would leave less "
+                f"than min_free_bytes={self.min_free_bytes}"
+            )
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create the study/series directories, fsync'ing each parent whose entries changed."""
+        if directory.is_dir():
+            return
+        with self._mkdir_lock:
+            missing = []
+            current = directory
+            while not current.is_dir():
+                missing.append(current)
+                current = current.parent
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                fsync_dir(path.parent)
+
+    def write(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        chunks: Sequence[bytes | memoryview],
+        sync_dir: bool = True,
+    ) -> SpooledFile:
+        """Write ``chunks`` durably as one instance file and return it.
+
+        With ``sync_dir=False`` the caller must :func:`fsync_dir` the file's parent
+        before treating it as durable (lets a group commit sync a directory once for
+        many files). An instance whose file exists already is not written again.
+        """
+        final = self.path_for(study_uid, series_uid, sop_instance_uid)
+        size = sum(len(chunk) for chunk in chunks)
+        if final.exists():
+            if sync_dir:
+                fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+            return SpooledFile(final, final.stat().st_size, created=False)
+        self.check_room(size)
+        temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
+        try:
+            self._make_dirs(final.parent)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, final)
+            if sync_dir:
+                fsync_dir(final.parent)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"spool {str(self.root)!r} is full: {exc.strerror}") from None
+            raise NotDurable(f"cannot store an instance in {str(self.root)!r}: {exc.strerror}") from None
+        return SpooledFile(final, size, created=True)
+
+    def discard(self, path: Path) -> None:
+        """Remove a file written by :meth:`write` whose row could not be committed."""
+        _unlink_quietly(path)
+        try:
+            fsync_dir(path.parent)
+        except OSError:
+            pass
+
+    def temporaries(self) -> Iterable[Path]:
+        """Temporary files left by an interrupted write (every ``*.tmp`` under the root)."""
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(TEMP_SUFFIX):
+                    yield Path(directory) / name
+
+    def remove_temporaries(self) -> int:
+        """Delete leftover temporary files (run at start, before accepting associations)."""
+        removed = 0
+        for path in list(self.temporaries()):
+            _unlink_quietly(path)
+            removed += 1
+        if removed:
+            logger.warning("removed %d temporary file(s) left by an interrupted store", removed)
+        return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,39 @@
+"""Runtime backends behind one small interface (:class:`Engine`).
+
+:func:`load_engine` picks the backend the bundle's manifest names and imports
+it lazily, so a machine without TensorRT can still run ONNX Runtime bundles
+and fails clearly (:class:`~engines.errors.RuntimeMissing`) on a TensorRT one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engines.backends._base import Engine, InferenceError
+from engines.manifest import Manifest
+
+__all__ = ["Engine", "InferenceError", "load_engine"]
+
+
+def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options: Any) -> Engine:
+    """Load a *verified* bundle directory on the backend its manifest names.
+
+    Options: ``device`` ("auto" | "cpu" | "cuda") for ONNX Runtime; ``triton_url`` and
+    ``timeout`` for Triton. Never call this on a bundle whose signature and hashes
+    were not verified: a TensorRT plan is executable code.
+    """
+    name = manifest.backend_name
+    if name == "onnxruntime":
+        from engines.backends.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(root, manifest, cpu_threads=cpu_threads, device=options.get("device", "auto"))
+    if name == "tensorrt":
+        from engines.backends.tensorrt import TensorRTEngine
+
+        return TensorRTEngine(root, manifest)
+    if name == "triton":
+        from engines.backends.triton import TritonEngine
+
+        return TritonEngine(root, manifest, url=options.get("triton_url"), timeout=options.get("timeout", 30.0))
+    raise ValueError(f"unknown backend {name!r}")

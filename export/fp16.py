@@ -1,0 +1,185 @@
+"""FP16 mixed precision: fp16 where it is safe, fp32 where values are large or reductions accumulate.
+
+Not a blind cast of every node: only ops in :data:`FP16_OPS` run in fp16; reductions,
+normalizations, softmax and exponentials stay fp32, and so does any node whose
+weights or (measured on sample inputs) outputs leave fp16's range. Graph inputs
+and outputs stay fp32; Cast nodes are inserted where the precision changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.errors import ExportError
+from export.onnx_export import save_model
+
+logger = logging.getLogger(__name__)
+
+#: ops that are accurate in fp16 (elementwise, data movement, and matrix products that accumulate in fp32 on GPUs)
+FP16_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "LeakyRelu", "Add", "Sub", "Mul", "Concat",
+        "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice", "MaxPool",
+        "AveragePool", "Tanh", "Sigmoid", "Identity", "Split",
+    }
+)  # fmt: skip
+#: largest magnitude kept in fp16 (fp16 max is 65504; leave head-room for accumulation)
+FP16_LIMIT = 16384.0
+
+
+def convert_fp16(
+    fp32_path: Path,
+    out_path: Path,
+    sample: Sequence[Mapping[str, np.ndarray]] = (),
+    keep_fp32: Sequence[str] = (),
+) -> list[Path]:
+    """Write the mixed-precision model of ``fp32_path`` to ``out_path``; return the files written.
+
+    ``sample`` feeds (optional) measure activation ranges; nodes named in
+    ``keep_fp32`` and nodes whose outputs exceed :data:`FP16_LIMIT` stay fp32.
+    """
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)), data_prop=True)
+    graph = model.graph
+    float_names = _float_tensors(model)
+    large = _large_outputs(fp32_path, model, sample, float_names) if sample else set()
+    init = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)
+    fp16_nodes = {
+        index
+        for index, n in enumerate(nodes)
+        if n.op_type in FP16_OPS
+        and n.name not in keep_fp32
+        and not (set(n.output) & large)
+        and not any(_too_large(init[i]) for i in n.input if i in init and i in float_names)
+    }
+    if not fp16_nodes:
+        raise ExportError(f"{fp32_path.name}: no node can run in fp16 (ops {sorted({n.op_type for n in graph.node})})")
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+    converted_inits: dict[str, str] = {}
+
+    def fp16_name(name: str) -> str:
+        return name + "__fp16"
+
+    produced_fp16 = {o for k in fp16_nodes for o in nodes[k].output if o in float_names}
+
+    def cast(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            source = fp16_name(name) if to == TensorProto.FLOAT else name
+            target = name if to == TensorProto.FLOAT else name + "__to_fp16"
+            casts[key] = target
+            new_nodes.append(helper.make_node("Cast", [source], [target], to=to, name=f"cast_{target}"))
+        return casts[key]
+
+    for index, node in enumerate(nodes):
+        is16 = index in fp16_nodes
+        for i, name in enumerate(node.input):
+            if name not in float_names:
+                continue
+            if is16:
+                if name in init:
+                    if name not in converted_inits:
+                        converted_inits[name] = name + "__fp16init"
+                        array = numpy_helper.to_array(init[name]).astype(np.float16)
+                        graph.initializer.append(numpy_helper.from_array(array, converted_inits[name]))
+                    node.input[i] = converted_inits[name]
+                elif name in produced_fp16:
+                    node.input[i] = fp16_name(name)
+                else:
+                    node.input[i] = cast(name, TensorProto.FLOAT16)
+            elif name in produced_fp16:
+                node.input[i] = cast(name, TensorProto.FLOAT)
+        if is16:
+            for i, name in enumerate(node.output):
+                if name in float_names:
+                    node.output[i] = fp16_name(name)
+        new_nodes.append(node)
+    for out in graph.output:
+        if out.name in produced_fp16:
+            cast(out.name, TensorProto.FLOAT)
+    _replace_nodes(graph, _toposort(new_nodes, graph))
+    unused = {t.name for t in graph.initializer} - {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True)
+    onnx.checker.check_model(model)
+    logger.info(
+        "fp16: %d of %d nodes in fp16, %d kept fp32 for range", len(fp16_nodes), len(graph.node) - len(casts), len(large)
+    )
+    return save_model(model, out_path)
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    names = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            names.add(vi.name)
+    for node in g.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                    names.add(node.output[0])
+    return names
+
+
+def _too_large(tensor: onnx.TensorProto) -> bool:
+    array = numpy_helper.to_array(tensor)
+    return bool(array.size) and float(np.max(np.abs(array))) > FP16_LIMIT
+
+
+def _large_outputs(
+    path: Path, model: onnx.ModelProto, sample: Sequence[Mapping[str, np.ndarray]], float_names: set[str]
+) -> set[str]:
+    """Names of node outputs whose magnitude on the sample exceeds the fp16 limit."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    wanted = [o for n in probe.graph.node for o in n.output if o in float_names and o not in existing]
+    for name in wanted:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    large: set[str] = set()
+    for feed in sample:
+        for name, value in zip(names, session.run(None, dict(feed)), strict=True):
+            if value.size and float(np.max(np.abs(value))) > FP16_LIMIT:
+                large.add(name)
+    return large
+
+
+def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ExportError(f"fp16 conversion left a cycle or a dangling input near {pending[0].name!r}")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    return ordered
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    copies = [onnx.NodeProto() for _ in nodes]
+    for copy, node in zip(copies, nodes, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)

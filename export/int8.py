@@ -1,0 +1,144 @@
+"""INT8 by explicit quantization: a Q/DQ ONNX graph that ONNX Runtime runs and TensorRT builds.
+
+ONNX Runtime's ``quant_pre_process`` (shape inference, graph clean-up) runs first;
+then ``quantize_static`` in QDQ format with the settings TensorRT needs: signed
+int8 activations and weights, symmetric (zero point 0), per-channel weights on the
+output-channel axis, a dedicated Q/DQ pair per consumer, and biases left in float.
+Calibration uses entropy or percentile ranges on real preprocessed inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from export.errors import ExportError
+from export.onnx_export import model_files, save_model
+
+logger = logging.getLogger(__name__)
+
+CalibrationMethodName = Literal["entropy", "percentile", "minmax"]
+
+#: ops whose inputs are quantized (TensorRT: weighted ops and residual adds); their outputs are not
+TENSORRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the Q/DQ graph is made."""
+
+    method: CalibrationMethodName = "percentile"
+    percentile: float = 99.999  #: for ``percentile`` calibration
+    op_types: tuple[str, ...] = TENSORRT_OP_TYPES
+    exclude_nodes: tuple[str, ...] = ()  #: node names kept in float (sensitive layers)
+    quantize_outputs_of: tuple[str, ...] = ()  #: op types whose outputs also get Q/DQ (none for TensorRT)
+
+
+def equal_batches(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Re-chunk feeds whose leading (batch or bag) axis differs into equal chunks.
+
+    ONNX Runtime's histogram calibrators stack every batch's tensors, so the shapes
+    must agree; concatenating along the leading axis and splitting again keeps every
+    sample (a bag of tiles stays a bag of the same tiles' embeddings).
+    """
+    dicts = [dict(f) for f in feeds]
+    if len({tuple(v.shape for v in f.values()) for f in dicts}) <= 1:
+        return dicts
+    size = min(next(iter(f.values())).shape[0] for f in dicts)
+    joined = {k: np.concatenate([f[k] for f in dicts]) for k in dicts[0]}
+    total = next(iter(joined.values())).shape[0]
+    return [{k: v[i : i + size] for k, v in joined.items()} for i in range(0, total - size + 1, size)]
+
+
+class _Reader:
+    """A CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._batches = equal_batches(batches)
+        self._iter: Iterator[Mapping[str, np.ndarray]] = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in batch.items()}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._batches)
+
+
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: Sequence[Mapping[str, np.ndarray]],
+    settings: Int8Settings = Int8Settings(),
+) -> list[Path]:
+    """Write the Q/DQ int8 model of ``fp32_path`` to ``out_path``; return the files written.
+
+    ``calibration`` is a list of input feeds produced by the appliance's own
+    preprocessing (the same normalization the pipelines apply).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration:
+        raise ExportError("INT8 calibration needs at least one input batch, got none")
+    methods = {
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "minmax": CalibrationMethod.MinMax,
+    }
+    if settings.method not in methods:
+        raise ExportError(f"calibration method {settings.method!r} is not one of {sorted(methods)}")
+    excluded_outputs = sorted(
+        {n.op_type for n in onnx.load(str(fp32_path), load_external_data=False).graph.node}
+        - set(settings.quantize_outputs_of)
+    )
+    extra_options: dict[str, object] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "DedicatedQDQPair": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": excluded_outputs,
+        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "MatMul": 1},
+        "CalibTensorRangeSymmetric": True,
+    }
+    if settings.method == "percentile":
+        extra_options["CalibPercentile"] = settings.percentile
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".tmp-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
+        except Exception as exc:  # ORT's symbolic shape inference lacks some opset-18 ops; ONNX's suffices
+            logger.info("symbolic shape inference failed (%s); pre-processing with ONNX shape inference only", exc)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(settings.op_types),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(settings.exclude_nodes),
+            calibrate_method=methods[settings.method],
+            extra_options=extra_options,
+        )
+        model = onnx.load(str(quantized))
+    files = save_model(model, out_path)
+    logger.info(
+        "quantized %s to %s (%s calibration, %d batches)", fp32_path.name, out_path.name, settings.method, len(calibration)
+    )
+    return files
+
+
+__all__ = ["Int8Settings", "TENSORRT_OP_TYPES", "model_files", "quantize_int8"]

@@ -1,0 +1,3 @@
+"""Seeded synthetic data for training, tests and the demo (never the running service)."""
+
+__all__: list[str] = []

@@ -1,0 +1,95 @@
+"""Routing rules: exact and regex matches, first match wins, unrouted series kept and logged opaquely."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from appliance.config import RouteSettings, parse_config
+from appliance.routing import match_route, opaque_id, route_open_series, value_matches
+from appliance.state import StateStore
+from tests.appliance._spooled import PATIENT_ID, PATIENT_NAME, spool_instance
+
+ROUTES = parse_config(
+    {
+        "routes": [
+            {"pipeline": "breast_mri", "match": {"Modality": "MR", "SeriesDescription": "re:(?i)dce|dyn"}},
+            {"pipeline": "pathology", "match": {"Modality": "SM"}},
+            {"pipeline": "breast_mri", "match": {"Modality": "MR"}, "priority": 0},
+        ]
+    }
+).routes
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("MR", "MR", True),
+        ("MR", "MRI", False),
+        ("re:^MR", "MRI", True),
+        ("re:(?i)breast", "Left BREAST dce", True),
+        ("re:^T2$", "T2 fs", False),
+        ("DERIVED\\SECONDARY", ["DERIVED", "SECONDARY"], True),
+        ("re:\\\\SECONDARY$", ["DERIVED", "SECONDARY"], True),
+        ("7", 7, True),
+    ],
+)
+def test_value_matches(pattern: str, value: object, expected: bool) -> None:
+    assert value_matches(pattern, value) is expected
+
+
+def _header(**tags: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"Modality": "MR", "SeriesDescription": "Ax DCE 5 phases"}, 0),  # first match wins over route 2
+        ({"Modality": "MR", "SeriesDescription": "Ax T2"}, 2),
+        ({"Modality": "MR"}, 2),  # absent keyword never matches
+        ({"Modality": "SM"}, 1),
+        ({"Modality": "CT"}, None),
+    ],
+)
+def test_first_match_wins(tags: dict[str, str], expected: int | None) -> None:
+    assert match_route(ROUTES, _header(**tags)) == expected
+
+
+def test_empty_match_matches_everything() -> None:
+    assert match_route((RouteSettings(pipeline="pathology"),), _header(Modality="CT")) == 0
+
+
+def test_route_open_series_reads_spool(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore.for_data_dir(data_dir)
+    study = generate_uid()
+    dce, t2, ct = generate_uid(), generate_uid(), generate_uid()
+    spool_instance(store, data_dir, study, dce, description="dyn breast")
+    spool_instance(store, data_dir, study, dce, description="dyn breast")
+    spool_instance(store, data_dir, study, t2, description="T2 tse")
+    spool_instance(store, data_dir, study, ct, modality="CT", description="chest")
+    with caplog.at_level(logging.DEBUG, logger="appliance"):
+        decided = route_open_series(store, ROUTES)
+    assert decided == {dce: 0, t2: 2, ct: None}
+    rows = {r["series_uid"]: (r["state"], r["route"]) for r in store.query("select * from series")}
+    assert rows == {dce: ("routed", 0), t2: ("routed", 2), ct: ("unrouted", None)}
+    assert route_open_series(store, ROUTES) == {}, "routed series are not routed again"
+    assert opaque_id(ct) in caplog.text
+    for secret in (PATIENT_NAME, PATIENT_ID, ct, study):
+        assert secret not in caplog.text
+
+
+def test_unreadable_first_instance_is_unrouted(data_dir: Path) -> None:
+    store = StateStore.for_data_dir(data_dir)
+    series = generate_uid()
+    path = spool_instance(store, data_dir, generate_uid(), series)
+    path.write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes()[:100])
+    assert route_open_series(store, ROUTES) == {series: None}

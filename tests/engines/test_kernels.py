@@ -1,0 +1,127 @@
+"""The tiling kernels: NumPy reference against a per-tile PIL loop, nvcc, CUDA."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engines.kernels import CU_SOURCE, resize_weights, tile_batch
+from export.synthetic.tissue import render_tile
+
+MEAN = (0.72, 0.52, 0.70)
+STD = (0.14, 0.18, 0.12)
+NVCC = Path("/usr/local/bin/nvcc")
+ARCHES = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+
+
+@pytest.fixture(scope="module")
+def region() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(3):
+        tf = 0.4 if i == 1 else 1.0
+        rows.append(np.concatenate([render_tile(rng, 160, (i + j) % 2 == 0, tf) for j in range(3)], 1))
+    return np.ascontiguousarray(np.concatenate(rows, 0))
+
+
+def per_tile_pil(region: np.ndarray, rects: list[tuple[int, int, int, int]], size: int) -> np.ndarray:
+    """The plain implementation: crop, PIL BILINEAR resize, normalize, one tile at a time."""
+    out = []
+    for x, y, w, h in rects:
+        im = Image.fromarray(region[y : y + h, x : x + w]).resize((size, size), Image.BILINEAR)
+        a = (np.asarray(im, np.float32) / 255.0 - np.float32(MEAN)) / np.float32(STD)
+        out.append(a.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+RECT_SETS = {
+    "downscale": [(x, y, 150, 150) for y in (0, 90, 330) for x in (0, 170, 330)],
+    "identity": [(0, 0, 112, 112), (368, 368, 112, 112), (200, 40, 112, 112)],
+    "upscale": [(5, 9, 80, 80), (400, 0, 80, 80)],
+    "mixed": [(0, 0, 150, 120), (100, 200, 97, 131), (479, 479, 1, 1)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECT_SETS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_reference_matches_per_tile_pil(region: np.ndarray, name: str, dtype: type) -> None:
+    rects = RECT_SETS[name]
+    size = 112
+    got = tile_batch(region, rects, size, MEAN, STD, dtype=dtype)
+    want = per_tile_pil(region, rects, size)
+    assert got.images.dtype == np.dtype(dtype)
+    assert got.images.shape == (len(rects), 3, size, size)
+    diff = np.abs(got.images.astype(np.float32) - want)
+    # Pillow rounds to uint8 between its two passes: at most ~1.5 grey levels apart.
+    assert diff.max() < 2.0 / 255.0 / min(STD) + 0.01
+    assert diff.mean() < 0.01
+
+
+def test_resize_weights_rows_sum_to_one_and_identity() -> None:
+    w = resize_weights(300, 224)
+    assert np.allclose(w.sum(axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(resize_weights(64, 64), np.eye(64, dtype=np.float32))
+
+
+def test_tissue_fraction_separates_glass_from_tissue() -> None:
+    rng = np.random.default_rng(3)
+    glass = np.full((128, 128, 3), 240, np.uint8)
+    tissue = render_tile(rng, 128, False)
+    half = render_tile(rng, 128, True, tissue_fraction=0.5)
+    region = np.concatenate([glass, tissue, half], 1)
+    b = tile_batch(region, [(0, 0, 128, 128), (128, 0, 128, 128), (256, 0, 128, 128)], 64, MEAN, STD)
+    assert b.tissue_fraction[0] == 0.0
+    assert b.tissue_fraction[1] > 0.9
+    assert 0.3 < b.tissue_fraction[2] < 0.7
+
+
+@pytest.mark.parametrize(
+    "rect, match",
+    [((0, 0, 0, 10), "empty or outside"), ((470, 0, 20, 20), "outside the 480x480"), ((-1, 0, 5, 5), "outside")],
+)
+def test_reference_rejects_bad_rectangles(region: np.ndarray, rect: tuple[int, ...], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tile_batch(region, [rect], 32, MEAN, STD)
+
+
+def test_reference_rejects_non_rgb_uint8() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        tile_batch(np.zeros((8, 8, 3), np.float32), [(0, 0, 8, 8)], 8, MEAN, STD)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_nvcc_compiles_tiling_kernel(arch: str, tmp_path: Path) -> None:
+    nvcc = NVCC if NVCC.exists() else shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed (/usr/local/bin/nvcc absent and none on PATH)")
+    out = tmp_path / f"tiling_{arch}.cubin"
+    proc = subprocess.run(
+        [str(nvcc), "-cubin", f"-arch={arch}", "-Werror", "all-warnings", "-o", str(out), str(CU_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_kernel_matches_reference(region: np.ndarray, dtype: type) -> None:
+    from engines.kernels.cuda import CudaTiler, cuda_available
+
+    ok, why = cuda_available()
+    if not ok:
+        pytest.skip(why)
+    rects = RECT_SETS["downscale"] + RECT_SETS["mixed"] + RECT_SETS["upscale"]
+    tiler = CudaTiler(96, MEAN, STD, dtype=dtype)
+    got = tiler.run(region, rects)
+    want = tile_batch(region, rects, 96, MEAN, STD, dtype=dtype)
+    assert got.images.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got.images.astype(np.float32), want.images.astype(np.float32), atol=0.02)
+    np.testing.assert_allclose(got.tissue_fraction, want.tissue_fraction, atol=0.01)

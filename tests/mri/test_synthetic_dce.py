@@ -1,0 +1,44 @@
+"""The synthetic DCE generator: shape, determinism, kinetics that match the label of the curve."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from export.synthetic.dce import CURVE_TYPES, classify_curve, make_case
+
+
+def test_case_shape_and_types() -> None:
+    case = make_case(np.random.default_rng(0), positive=True)
+    assert case.volume.shape == (5, 16, 64, 64) and case.volume.dtype == np.float32
+    assert case.volume.min() >= 0 and case.label == 1 and case.curve in CURVE_TYPES
+    assert set(case.clinical) == {"age", "er", "her2", "ki67", "grade"}
+    assert case.lesion_mask.any() and not (case.lesion_mask & ~case.breast_mask).any()
+
+
+def test_same_seed_same_case() -> None:
+    a, b = (make_case(np.random.default_rng(9), positive=False) for _ in range(2))
+    assert np.array_equal(a.volume, b.volume) and a.clinical == b.clinical and a.curve == b.curve
+
+
+def test_lesion_curve_matches_its_type_and_label_correlation() -> None:
+    cases = [make_case(np.random.default_rng(100 + i), positive=i % 2 == 0) for i in range(40)]
+    for case in cases:
+        curve = case.volume[:, case.lesion_mask].mean(axis=1)
+        assert classify_curve(curve / curve[0] - 1) == case.curve
+    counts = Counter((c.label, c.curve) for c in cases)
+    assert counts[(1, "washout")] > counts[(1, "persistent")]
+    assert counts[(0, "persistent")] > counts[(0, "washout")]
+    missing = sum(v is None for c in cases for v in c.clinical.values())
+    assert 0 < missing < 0.3 * 5 * len(cases)
+
+
+@pytest.mark.parametrize(("enhancement", "curve"), [
+    ((0, 0.8, 1.0, 1.2, 1.4), "persistent"),
+    ((0, 1.0, 1.0, 1.0, 1.05), "plateau"),
+    ((0, 1.5, 1.4, 1.1, 0.9), "washout"),
+])
+def test_classify_curve(enhancement: tuple[float, ...], curve: str) -> None:
+    assert classify_curve(enhancement) == curve
