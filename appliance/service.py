@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
+from appliance import _sdnotify
 from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.state import StateStore
@@ -43,6 +44,10 @@ ComponentFactory = Callable[[Config, StateStore], "Component | None"]
 #: ``"module:function"`` factories building the service's components, in start order.
 COMPONENT_FACTORIES: tuple[str, ...] = (
     "appliance.ingest:node_component",
+    "appliance.assembly:assembly_component",
+    "appliance.worker:worker_component",
+    "appliance.outbox:delivery_component",
+    "appliance.web:web_component",
 )
 
 
@@ -130,10 +135,12 @@ class Service:
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self.start()
+            _sdnotify.ready()
             logger.info("appliance running with %d component(s); SIGTERM or SIGINT stops it", len(self.components))
             while not self._stopping.wait(1.0):
                 pass
         finally:
+            _sdnotify.stopping()
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

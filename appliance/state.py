@@ -41,11 +41,11 @@ def migration(version: int) -> Callable[[Migration], Migration]:
 
 @migration(1)
 def _initial_schema(db: sqlite_utils.Database) -> None:
-    db["studies"].create(
+    db.table("studies").create(
         {"study_uid": str, "first_received": float, "last_received": float, "state": str},
         pk="study_uid",
     )
-    db["series"].create(
+    db.table("series").create(
         {
             "series_uid": str,
             "study_uid": str,
@@ -60,7 +60,7 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         pk="series_uid",
         foreign_keys=[("study_uid", "studies")],
     )
-    db["instances"].create(
+    db.table("instances").create(
         {
             "sop_instance_uid": str,
             "sop_class_uid": str,
@@ -75,8 +75,8 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         pk="sop_instance_uid",
         foreign_keys=[("series_uid", "series")],
     )
-    db["instances"].create_index(["series_uid"])
-    db["jobs"].create(
+    db.table("instances").create_index(["series_uid"])
+    db.table("jobs").create(
         {
             "id": str,
             "pipeline": str,
@@ -97,8 +97,8 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["jobs"].create_index(["state", "priority", "created_at"])
-    db["deliveries"].create(
+    db.table("jobs").create_index(["state", "priority", "created_at"])
+    db.table("deliveries").create(
         {
             "id": int,
             "job_id": str,
@@ -114,13 +114,13 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["deliveries"].create_index(["destination", "sop_instance_uid"], unique=True)
-    db["deliveries"].create_index(["state", "next_attempt_at"])
-    db["audit"].create(
+    db.table("deliveries").create_index(["destination", "sop_instance_uid"], unique=True)
+    db.table("deliveries").create_index(["state", "next_attempt_at"])
+    db.table("audit").create(
         {"id": int, "at": float, "actor": str, "action": str, "subject": str, "detail": str},
         pk="id",
     )
-    db["clinical"].create({"key": str, "values_json": str, "updated_at": float}, pk="key")
+    db.table("clinical").create({"key": str, "values_json": str, "updated_at": float}, pk="key")
 
 
 class StateStore:
@@ -158,7 +158,7 @@ class StateStore:
     def _migrate(self) -> None:
         with self.atomic() as db:
             if not db["meta"].exists():
-                db["meta"].create({"key": str, "value": str}, pk="key")
+                db.table("meta").create({"key": str, "value": str}, pk="key")
             current = self.schema_version
             newest = _MIGRATIONS[-1][0]
             if current > newest:
@@ -169,7 +169,7 @@ class StateStore:
             for version, func in _MIGRATIONS:
                 if version > current:
                     func(db)
-                    db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
+                    db.table("meta").upsert({"key": "schema_version", "value": str(version)}, pk="key")
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite_utils.Database]:
@@ -198,7 +198,7 @@ class StateStore:
     def audit(self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> None:
         """Record an operator or system action (never patient data)."""
         with self.atomic() as db:
-            db["audit"].insert(
+            db.table("audit").insert(
                 {
                     "at": time.time(),
                     "actor": actor,

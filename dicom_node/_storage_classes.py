@@ -32,6 +32,7 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
     "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
 )
 

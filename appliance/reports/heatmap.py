@@ -46,6 +46,12 @@ def _check(heat_map: HeatMap, level: Dataset) -> np.ndarray:
     if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
         raise ReportError(f"heat map scores must lie in [0, 1], got [{finite.min()}, {finite.max()}]")
     expect = (-(-heat_map.level_rows // heat_map.tile_px), -(-heat_map.level_columns // heat_map.tile_px))
+    whole = (heat_map.level_rows // heat_map.tile_px, heat_map.level_columns // heat_map.tile_px)
+    if whole[0] <= scores.shape[0] <= expect[0] and whole[1] <= scores.shape[1] <= expect[1]:
+        # A grid of whole tiles leaves the partial last row/column unscored: pad it as "no tissue".
+        padded = np.full(expect, np.nan, dtype=np.float32)
+        padded[: scores.shape[0], : scores.shape[1]] = scores
+        scores = padded
     if scores.shape != expect:
         raise ReportError(
             f"heat map grid {scores.shape} does not cover the level {heat_map.level_rows}x{heat_map.level_columns} "
