@@ -7,7 +7,7 @@ import importlib
 import typer
 
 #: modules under appliance.cli each defining ``register(app: typer.Typer) -> None``
-COMMAND_MODULES = ("_status", "_serve", "_echo", "_engines", "_clinical", "_export", "_submit",)
+COMMAND_MODULES = ("_status", "_serve", "_echo", "_engines", "_clinical", "_export", "_submit", "_demo",)
 
 
 def register(app: typer.Typer) -> None:

@@ -79,3 +79,29 @@ def check_one_study(headers: Sequence[Dataset], study_uid: str) -> None:
     for ds in headers:
         if ds.StudyInstanceUID != study_uid:
             raise ReportError(f"source {ds.SOPInstanceUID} belongs to study {ds.StudyInstanceUID}, not {study_uid}")
+
+
+def with_plane_geometry(ds: Dataset) -> Dataset:
+    """``ds`` with plane geometry at the top level, as TID 1600 image library descriptors and Patient Orientation read it.
+
+    Enhanced (multi-frame) images keep Pixel Spacing, Image Orientation and Position in the
+    functional groups (PS3.3 C.7.6.16); the library describes the first frame.
+    """
+    if "PixelSpacing" in ds or "SharedFunctionalGroupsSequence" not in ds:
+        return ds
+    view = Dataset()
+    view.update(ds)
+    groups = [ds.SharedFunctionalGroupsSequence[0]]
+    if ds.get("PerFrameFunctionalGroupsSequence"):
+        groups.append(ds.PerFrameFunctionalGroupsSequence[0])
+    for group in groups:
+        if "PixelMeasuresSequence" in group:
+            measures = group.PixelMeasuresSequence[0]
+            view.PixelSpacing = measures.PixelSpacing
+            if "SliceThickness" in measures:
+                view.SliceThickness = measures.SliceThickness
+        if "PlaneOrientationSequence" in group:
+            view.ImageOrientationPatient = group.PlaneOrientationSequence[0].ImageOrientationPatient
+        if "PlanePositionSequence" in group:
+            view.ImagePositionPatient = group.PlanePositionSequence[0].ImagePositionPatient
+    return view

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from appliance.errors import ReportError
 from appliance.findings import Finding, StudyResult
 from appliance.reports import uids
-from appliance.reports._source import with_type2
+from appliance.reports._source import with_plane_geometry, with_type2
 from appliance.reports.sr import VOCABULARY, DeviceInfo, engine_equipment, result_version
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def build_capture(
                 with_type2(ds),
                 pixel_array=pixels,
                 coordinate_system="PATIENT",
-                patient_orientation=_orientation(ds),
+                patient_orientation=_orientation(with_plane_geometry(ds)),
                 laterality=ds.get("Laterality") or None,
                 **common,  # type: ignore[arg-type]
             )

@@ -26,7 +26,7 @@ from pydicom.sr.coding import Code
 from appliance.errors import ReportError
 from appliance.findings import EngineIdentity, Finding, Pipeline, StudyResult
 from appliance.reports import uids
-from appliance.reports._source import with_type2
+from appliance.reports._source import with_plane_geometry, with_type2
 
 logger = logging.getLogger(__name__)
 
@@ -199,32 +199,6 @@ def _summary_container(text: str) -> hd.sr.ContainerContentItem:
     return container
 
 
-def _library_view(ds: Dataset) -> Dataset:
-    """``ds`` with plane geometry at the top level, as TID 1600 image library descriptors read it.
-
-    Enhanced (multi-frame) images keep Pixel Spacing, Image Orientation and Position in the
-    functional groups (PS3.3 C.7.6.16); the library describes the first frame.
-    """
-    if "PixelSpacing" in ds or "SharedFunctionalGroupsSequence" not in ds:
-        return ds
-    view = Dataset()
-    view.update(ds)
-    groups = [ds.SharedFunctionalGroupsSequence[0]]
-    if ds.get("PerFrameFunctionalGroupsSequence"):
-        groups.append(ds.PerFrameFunctionalGroupsSequence[0])
-    for group in groups:
-        if "PixelMeasuresSequence" in group:
-            measures = group.PixelMeasuresSequence[0]
-            view.PixelSpacing = measures.PixelSpacing
-            if "SliceThickness" in measures:
-                view.SliceThickness = measures.SliceThickness
-        if "PlaneOrientationSequence" in group:
-            view.ImageOrientationPatient = group.PlaneOrientationSequence[0].ImageOrientationPatient
-        if "PlanePositionSequence" in group:
-            view.ImagePositionPatient = group.PlanePositionSequence[0].ImagePositionPatient
-    return view
-
-
 def build_sr(result: StudyResult, device: DeviceInfo, headers: Sequence[Dataset]) -> hd.sr.Comprehensive3DSR:
     """The SR of ``result``; ``headers`` are the source instances' headers (evidence, image library)."""
     if not result.findings:
@@ -239,7 +213,7 @@ def build_sr(result: StudyResult, device: DeviceInfo, headers: Sequence[Dataset]
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
         ),
-        referenced_images=[_library_view(with_type2(ds)) for ds in headers],
+        referenced_images=[with_plane_geometry(with_type2(ds)) for ds in headers],
     )
     report[0].ContentSequence.append(_summary_container(summary_text(result)))
     version = result_version(result)

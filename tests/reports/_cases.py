@@ -44,8 +44,11 @@ def mri_series(directory: Path, probability: float) -> StudyResult:
     return StudyResult(f"job-mri-series-{probability}", images[0].study_uid, (finding,))
 
 
-def exported_slide(directory: Path, probability: float) -> StudyResult:
-    """A two-level JPEG WSI from the project's synthetic slide writer; the heat map over level 0."""
+def exported_slide(directory: Path, probability: float, whole_tiles: bool = False) -> StudyResult:
+    """A two-level JPEG WSI from the project's synthetic slide writer; the heat map over level 0.
+
+    ``whole_tiles``: the grid covers whole tiles only, as the pathology pipeline's grid does.
+    """
     import pydicom
     from export.synthetic.slide import make_slide, write_dicom_wsi
 
@@ -59,10 +62,22 @@ def exported_slide(directory: Path, probability: float) -> StudyResult:
     rows, columns = int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns)
     spacing = float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0])
     tile = 224
-    grid = np.random.default_rng(3).random((-(-rows // tile), -(-columns // tile))).astype(np.float32)
+    shape = (rows // tile, columns // tile) if whole_tiles else (-(-rows // tile), -(-columns // tile))
+    grid = np.random.default_rng(3).random(shape).astype(np.float32)
     heat_map = HeatMap(grid, tile, levels[0], rows, columns, (spacing, spacing))
     finding = Finding("pathology", probability, 0.5, engine("pathology_slide"), levels, heat_map=heat_map)
     return StudyResult(f"job-exported-slide-{probability}", levels[0].study_uid, (finding,))
+
+
+def enhanced_mr(directory: Path, probability: float) -> StudyResult:
+    """A synthetic DCE study as one Enhanced MR multi-frame instance (geometry in functional groups)."""
+    from export.synthetic.dce import make_case
+    from export.synthetic.dce_dicom import write_case
+
+    paths = write_case(make_case(np.random.default_rng(5), True), directory / "enhanced", "enhanced")
+    images = tuple(source_of(p) for p in paths)
+    finding = Finding("breast_mri", probability, 0.42, engine("breast_mri"), images, kinetic_curve="washout")
+    return StudyResult(f"job-mri-enhanced-{probability}", images[0].study_uid, (finding,))
 
 
 def two_engines(directory: Path) -> StudyResult:
@@ -82,5 +97,7 @@ CASES: dict[str, Callable[[Path], StudyResult]] = {
     "mri-negative-big-endian-source": lambda d: mri(d, 0.3, "MR_small_bigendian.dcm"),
     "mri-positive-two-series-six-instances": lambda d: mri_series(d, 0.66),
     "pathology-exported-jpeg-slide": lambda d: exported_slide(d, 0.7),
+    "pathology-exported-slide-whole-tile-grid": lambda d: exported_slide(d, 0.2, whole_tiles=True),
+    "mri-positive-enhanced-mr-source": lambda d: enhanced_mr(d, 0.8),
     "mri-two-findings-two-engine-versions": two_engines,
 }
