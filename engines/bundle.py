@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engines._files import atomic_write, copy_stream, fsync_dir, sha256_file
+from engines.files import atomic_write, copy_stream, fsync_dir, sha256_file
 from engines.errors import BundleRejected, EngineError
 from engines.manifest import (
     FILE_RE,

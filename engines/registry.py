@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engines._files import atomic_write, fsync_dir
+from engines.files import atomic_write, fsync_dir
 from engines.backends import Engine, load_engine
 from engines.bundle import VerifiedBundle, read_golden, stage_bundle, verify_directory
 from engines.compat import check_compat

@@ -7,9 +7,9 @@ reuses them (the training is deterministic, so the cache is only a time saver).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from engines.files import atomic_write
 from export.errors import ExportError
 from export.gate import GateConfig
 from export.models.dce4d import CLINICAL_VARIABLES
@@ -128,13 +129,21 @@ def ensure_demo_key(keys_dir: Path, trusted_keys_dir: Path) -> bytes:
     trusted_keys_dir.mkdir(parents=True, exist_ok=True)
     trusted = trusted_keys_dir / public.name
     if not trusted.exists() or trusted.read_bytes() != public.read_bytes():
-        tmp = trusted.with_name(f".{trusted.name}.tmp")
-        with open(tmp, "wb") as out:
-            out.write(public.read_bytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, trusted)
+        atomic_write(trusted, public.read_bytes())
     return private.read_bytes()
+
+
+def _recipe_digest() -> str:
+    """sha256 of the data generators and the training recipe: a change to either retrains the demo."""
+    from export import models as models_pkg
+    from export import synthetic, train
+
+    digest = hashlib.sha256()
+    for package in (synthetic, models_pkg):
+        for path in sorted(Path(package.__file__ or "").parent.glob("*.py")):
+            digest.update(path.read_bytes())
+    digest.update(Path(train.__file__ or "").read_bytes())
+    return digest.hexdigest()
 
 
 def build_demo_bundles(
@@ -154,7 +163,10 @@ def build_demo_bundles(
     say: Progress = progress or (lambda stage, message: logger.info("%s: %s", stage, message))
     cache_dir.mkdir(parents=True, exist_ok=True)
     index_path = cache_dir / "bundles.json"
-    key = json.dumps({"sizes": asdict(sizes), "precisions": precisions, "tasks": tasks, "gate": asdict(gate)}, sort_keys=True, default=str)
+    key = json.dumps(
+        {"sizes": asdict(sizes), "precisions": precisions, "tasks": tasks, "gate": asdict(gate), "code": _recipe_digest()},
+        sort_keys=True, default=str,
+    )
     if index_path.exists():
         index = json.loads(index_path.read_text())
         if index.get("key") == key and all(Path(p).is_dir() for t in index["bundles"].values() for p in t.values()):
@@ -172,9 +184,8 @@ def build_demo_bundles(
         say("sign", f"{task}: signing {len(precisions)} bundle(s) with the demo vendor key")
         paths = sign_bundles(specs[task], reports[task], cache_dir / "bundles", private_key_pem, DEMO_VERSION, DEMO_VENDOR, True, gate)
         bundles[task] = {p: path for p, path in zip(reports[task].results, paths, strict=True)}
-    tmp = index_path.with_name(f".{index_path.name}.tmp")
-    tmp.write_text(json.dumps({"key": key, "bundles": {t: {p: str(v) for p, v in d.items()} for t, d in bundles.items()}}))
-    os.replace(tmp, index_path)  # the index names only bundles that were completely written
+    index = {"key": key, "bundles": {t: {p: str(v) for p, v in d.items()} for t, d in bundles.items()}}
+    atomic_write(index_path, json.dumps(index).encode())  # the index names only bundles completely written
     return bundles
 
 

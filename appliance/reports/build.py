@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import pydicom
@@ -25,6 +23,7 @@ from appliance.reports.capture import build_capture
 from appliance.reports.heatmap import build_heatmap_seg
 from appliance.reports.sr import DeviceInfo, build_sr
 from appliance.reports.uids import check_uid
+from engines.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +46,7 @@ def write_atomic(directory: Path, name: str, data: bytes) -> Path:
     """Write ``data`` to ``directory/name``: temporary file, fsync, rename, fsync the directory."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(target, data)
     return target
 
 

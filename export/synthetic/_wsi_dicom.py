@@ -78,7 +78,6 @@ class WsiWriter:
     # -- datasets -----------------------------------------------------------
     def _base(self, image_type: list[str], rows: int, cols: int, total: tuple[int, int],
               spacing_mm: float, frames: int, instance: int, uid_key: str) -> Dataset:
-        s = self.slide
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = image_type
