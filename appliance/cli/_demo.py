@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for both reports in the PACS.")] = 600.0,
         stable_seconds: Annotated[float, typer.Option("--stable-seconds", help="Quiet time after which a series counts as complete.")] = 3.0,
         quick_engines: Annotated[bool, typer.Option("--quick-engines", hidden=True, help="Tiny engines that train in seconds (tests).")] = False,
+        no_orthanc: Annotated[bool, typer.Option("--no-orthanc", help="Use the built-in storage SCP as the PACS even when Orthanc is installed.")] = False,
     ) -> None:
         """Make demo engines, start a local PACS and the appliance, send a synthetic slide and DCE study, show the results.
 
@@ -26,6 +27,6 @@ def register(app: typer.Typer) -> None:
 
         logging.getLogger().setLevel(logging.WARNING)  # the demo shows its own progress
         outcome = run_demo(data_dir, keep_running=keep_running, timeout=timeout, stable_seconds=stable_seconds,
-                           quick_engines=quick_engines)
+                           quick_engines=quick_engines, prefer_orthanc=not no_orthanc)
         if not outcome.ok:
             raise typer.Exit(1)

@@ -19,7 +19,7 @@ def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def test_every_command_has_help_text() -> None:
     commands = _commands(typer.main.get_command(app))
     names = {name for name, _ in commands}
-    assert {"status", "serve", "echo", "engines", "engines install-demo", "export", "clinical", "submit"} <= names
+    assert {"status", "serve", "echo", "engines", "engines install-demo", "export", "clinical", "submit", "demo"} <= names
     missing = [name for name, command in commands if not (command.help or "").strip()]
     assert missing == [], f"commands without help text: {missing}"
 

@@ -44,13 +44,15 @@ def test_dashboard_shows_job_progress_and_delivered_result(
             page.goto(url)
             assert page.title() == "Appliance dashboard" or "Appliance" in page.content()
             seen_job = False
-            rows, problem = [], "not polled"
+            running_rows: list[str] = []  # the job's row in the "Jobs" table while queued or running
 
             def look(current: list) -> None:  # type: ignore[type-arg]
                 nonlocal seen_job
-                if current and current[0].job_id.startswith("J") and not seen_job:
+                job_id = current[0].job_id if current else ""
+                if job_id.startswith("J") and not running_rows:
                     page.reload()
-                    seen_job = current[0].job_id in page.inner_text("body")
+                    seen_job = seen_job or job_id in page.inner_text("body")
+                    running_rows.extend(r for r in page.inner_text("#jobs").splitlines() if job_id in r)
 
             sender.join(timeout=120)
             rows, problem = wait_for_results(service, pacs, [study], timeout=180, on_update=look)
@@ -59,6 +61,7 @@ def test_dashboard_shows_job_progress_and_delivered_result(
             body = page.inner_text("body")
             job_id = rows[0].job_id
             assert seen_job, "the dashboard listed the job before its report was in the PACS"
+            assert all(("queued" in r or "running" in r) for r in running_rows), running_rows
             results = page.inner_text("#results")
             assert job_id in results and "succeeded" in results and "(demo)" in results, results
             deliveries = page.inner_text("#deliveries")

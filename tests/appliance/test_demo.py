@@ -22,3 +22,24 @@ def test_demo_delivers_both_reports_and_says_demo(tmp_path_factory: pytest.TempP
     assert "SYNTH" not in out and "SYNTHETIC^" not in out, "no patient attributes in the demo output"
     assert out.count("not for clinical use") >= 3
     assert (run.data_dir / "engines").is_dir() and (run.data_dir / "demo-engines" / "bundles.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_exits_1_naming_what_did_not_arrive(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.appliance._demo_run import ROOT
+
+    run = demo_run(tmp_path_factory)  # engines cached in its data directory
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from appliance.cli import main; main()", "demo", "--data-dir", str(run.data_dir),
+         "--no-orthanc", "--timeout", "0.5"],
+        cwd=run.data_dir.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Demo failed" in proc.stdout and "timed out after" in proc.stdout
+    assert "PACS: storage SCP" in proc.stdout and "not for clinical use" in proc.stdout
