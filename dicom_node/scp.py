@@ -28,7 +28,9 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node._acceptor import EventDrivenRequestHandler
 from dicom_node._dataset import MalformedDataset, file_meta, is_valid_uid, scan_dataset
 from dicom_node._storage_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from dicom_node.access import AccessPolicy, Rejection
@@ -90,13 +92,18 @@ class _Pending:
     lead: bool = False
     done: bool = False
     error: BaseException | None = None
+    synced: bool = False
 
 
 class _GroupCommit:
-    """Leader/follower group commit: one thread syncs directories and commits rows for all waiting.
+    """Leader/follower group commit: one thread commits the rows of every waiting handler.
 
     A lone association commits its own record at once; concurrent associations
-    share one directory fsync per directory and one database transaction.
+    share one database transaction (one WAL sync). Each handler makes its own file
+    durable first (fsync, rename, directory fsync; ``synced=True``): concurrent
+    fsyncs share the file system's journal commits, so doing them in the handlers
+    keeps them off this serial path. A record committed with ``synced=False`` has
+    its directory fsync'd here before its row is committed.
     """
 
     def __init__(self, sink: InstanceSink) -> None:
@@ -105,8 +112,8 @@ class _GroupCommit:
         self._pending: list[_Pending] = []
         self._leading = False
 
-    def commit(self, record: InstanceRecord) -> None:
-        item = _Pending(record)
+    def commit(self, record: InstanceRecord, synced: bool = False) -> None:
+        item = _Pending(record, synced=synced)
         with self._lock:
             self._pending.append(item)
             lead = not self._leading
@@ -129,7 +136,7 @@ class _GroupCommit:
 
     def _flush(self, batch: list[_Pending]) -> None:
         try:
-            for directory in {item.record.path.parent for item in batch}:
+            for directory in {item.record.path.parent for item in batch if not item.synced}:
                 fsync_dir(directory)
         except OSError as exc:  # the renames are not known to be durable: commit nothing
             for item in batch:
@@ -153,8 +160,9 @@ class _GroupCommit:
             item.wake.set()
 
 
-#: How long pynetdicom's DUL thread sleeps between polls when idle (its default is 1 ms, which
-#: adds up to a millisecond to each PDU received and each response sent).
+#: How long pynetdicom's DUL thread sleeps between polls when idle (its default is 1 ms). The
+#: event-driven acceptor (:mod:`dicom_node._acceptor`) waits on its socket instead; this only
+#: remains for pynetdicom's own loop (another pynetdicom series) and its stop_dul() join.
 DUL_POLL_SECONDS = 0.0002
 
 
@@ -241,9 +249,15 @@ class StorageSCP:
             self.spool.remove_temporaries()
             ae = self._make_ae()
             handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store)]
-            self._server = ae.start_server(
-                (self.host, self._port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context
+            # AE.start_server(block=False), with pynetdicom's hook for a custom request handler
+            server = ae.make_server(
+                (self.host, self._port), ssl_context=self._ssl_context, evt_handlers=handlers,
+                server_class=ThreadedAssociationServer, request_handler=EventDrivenRequestHandler,
             )
+            thread = threading.Thread(target=server.serve_forever, name=f"{self.name}-acceptor", daemon=True)
+            thread.start()
+            ae._servers.append(server)  # as start_server does; the server's shutdown() removes it
+            self._server = server
             logger.info("storage SCP %s listening on %s:%d%s", self.ae_title, self.host, self.port,
                         " (TLS)" if self._ssl_context else "")
 
@@ -318,7 +332,7 @@ class StorageSCP:
             return _failure(StoreStatus.DATASET_MISMATCH, "SOP Class UID differs from Affected SOP Class UID")
         meta = file_meta(affected_class, affected_sop, transfer_syntax, calling_ae)
         try:
-            stored = self.spool.write(header.study_uid, header.series_uid, affected_sop, [meta, data], sync_dir=False)
+            stored = self.spool.write(header.study_uid, header.series_uid, affected_sop, [meta, data], sync_dir=True)
         except NotDurable as exc:
             logger.error("C-STORE from %s refused, out of resources: %s", calling_ae, exc)
             return _failure(StoreStatus.OUT_OF_RESOURCES, "instance could not be made durable")
@@ -336,7 +350,7 @@ class StorageSCP:
             received_at=time.time(),
         )
         try:
-            self._commit.commit(record)
+            self._commit.commit(record, synced=True)
         except Exception as exc:  # noqa: BLE001 - any sink failure means the row is not durable
             logger.error("C-STORE from %s refused: recording the instance failed: %s", calling_ae, exc)
             if stored.created:

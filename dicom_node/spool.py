@@ -133,10 +133,14 @@ class Spool:
         size = sum(len(chunk) for chunk in chunks)
         if final.exists():
             if sync_dir:
-                fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+                try:
+                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+                except OSError as exc:
+                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
             return SpooledFile(final, final.stat().st_size, created=False)
         self.check_room(size)
         temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
+        renamed = False
         try:
             self._make_dirs(final.parent)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
@@ -150,10 +154,11 @@ class Spool:
             finally:
                 os.close(fd)
             os.rename(temp, final)
+            renamed = True
             if sync_dir:
                 fsync_dir(final.parent)
         except OSError as exc:
-            _unlink_quietly(temp)
+            _unlink_quietly(final if renamed else temp)  # a rename not known durable is taken back
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(f"spool {str(self.root)!r} is full: {exc.strerror}") from None
             raise NotDurable(f"cannot store an instance in {str(self.root)!r}: {exc.strerror}") from None
