@@ -148,15 +148,22 @@ class JobQueue:
             logger.info("job %s queued (%s, priority %d)", ident, pipeline, priority)
         return ident, created
 
-    def expire_leases(self) -> int:
-        """Return running jobs whose lease has expired to the queue (or fail them when out of attempts)."""
+    def expire_leases(self, orphaned: Callable[[str], bool] | None = None) -> int:
+        """Return running jobs whose lease has expired to the queue (or fail them when out of attempts).
+
+        ``orphaned(owner)`` True marks a lease as lost before it expires (its worker is known dead).
+        """
         now = self.clock()
         with self.store.atomic() as db:
             rows = list(
                 db.query(
-                    "select id, attempts from jobs where state = 'running' and lease_expires < ?", (now,)
+                    "select id, attempts, lease_owner, lease_expires from jobs where state = 'running'"
                 )
             )
+            rows = [
+                r for r in rows
+                if float(r["lease_expires"] or 0.0) < now or (orphaned is not None and orphaned(r["lease_owner"] or ""))
+            ]
             for row in rows:
                 if row["attempts"] >= self.max_attempts:
                     reason = f"lease expired on attempt {row['attempts']} of {self.max_attempts} (worker lost)"
@@ -167,12 +174,13 @@ class JobQueue:
                     )
                     logger.warning("job %s failed: %s", row["id"], reason)
                 else:
+                    why = "lease expired" if float(row["lease_expires"] or 0.0) < now else "its worker died"
                     db.conn.execute(
                         "update jobs set state = 'queued', lease_owner = '', lease_expires = 0,"
-                        " reason = 'lease expired, requeued' where id = ?",
-                        (row["id"],),
+                        " reason = ? where id = ?",
+                        (f"{why}, requeued", row["id"]),
                     )
-                    logger.warning("job %s: lease expired, back to the queue", row["id"])
+                    logger.warning("job %s: %s, back to the queue", row["id"], why)
         return len(rows)
 
     def lease(self, owner: str) -> Job | None:

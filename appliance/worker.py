@@ -220,6 +220,9 @@ class Worker:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        requeued = self.queue.expire_leases(orphaned=self._orphaned)
+        if requeued:
+            logger.warning("%d job(s) of a worker that died went back to the queue", requeued)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
         self._thread.start()
@@ -240,6 +243,28 @@ class Worker:
             else:
                 self.engines.close()
         self._thread = None
+
+    def _orphaned(self, owner: str) -> bool:
+        """True for a lease of a worker process on this host that no longer runs (killed, crashed).
+
+        Called before this worker leases anything, so a lease in our own name (a PID reused
+        after a container restart) is orphaned too. Other hosts' leases wait for expiry.
+        """
+        parts = owner.rsplit(":", 2)
+        if len(parts) != 3 or parts[2] != "worker" or not parts[1].isdigit():
+            return False
+        host, pid = parts[0], int(parts[1])
+        if host != socket.gethostname():
+            return False
+        if owner == self.owner:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def notify(self) -> None:
         """Wake the worker now (a job was queued)."""

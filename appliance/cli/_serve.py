@@ -17,4 +17,6 @@ def register(app: typer.Typer) -> None:
 
         # pynetdicom logs every association and message at INFO: keep its warnings only.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # highdicom logs the source instances' UIDs at INFO: studies are named by opaque job id only.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
         Service(config_from(config)).run()

@@ -268,3 +268,25 @@ def test_components_run_under_the_service(data_dir: Path) -> None:
     finally:
         service.stop()
         service.stop()
+
+
+def test_start_takes_back_leases_of_dead_workers_on_this_host(harness: Harness) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    host = socket.gethostname()
+    owners = {"dead": f"{host}:{int(gone.stdout)}:worker", "alive": f"{host}:{os.getppid()}:worker",
+              "remote": f"other-host.example:{int(gone.stdout)}:worker"}
+    for name, owner in owners.items():
+        harness.queue.enqueue("pathology", f"1.2.{len(name)}", ["1.2.3"], job_id=f"J{name}")
+        assert harness.queue.lease(owner) is not None
+    worker = harness.worker(owner=f"{host}:{os.getpid()}:worker")
+    worker.start()
+    worker.stop()
+    states = {name: harness.queue.get(f"J{name}").state for name in owners}
+    assert states["dead"] in ("queued", "succeeded"), "a killed worker's job is taken back at start"
+    assert states["alive"] == "running" and states["remote"] == "running", "live or remote leases wait for expiry"
