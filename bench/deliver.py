@@ -29,29 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage
 
-from dicom_node.scu import Destination, StorageSCU
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dicom_node.scu import Destination, StorageSCU  # noqa: E402
+from tests.peers import write_mr_instances  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
 AET = "STORESCP"
-
-
-def write_files(directory: Path, count: int) -> list[Path]:
-    directory.mkdir(parents=True)
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    paths = []
-    for i in range(count):
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = directory / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def free_port() -> int:
@@ -137,7 +125,7 @@ def main() -> None:
     baseline_count = 40 if args.quick else 150
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = write_files(root / "in", count)
+        paths = write_mr_instances(root / "in", count)
         print(f"{count} x {paths[0].stat().st_size / 1000:.1f} kB MR instances -> dcmtk storescp over loopback")
         theirs_rates, our_rates = [], []
         for index in range(rounds):

@@ -24,31 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pydicom  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 from appliance.config import parse_config  # noqa: E402
 from appliance.ingest import node_component  # noqa: E402
 from appliance.state import StateStore  # noqa: E402
-from tests.peers import STORESCP, STORESCU, free_port, peer_env, running_storescp, wait_for_port  # noqa: E402
+from tests.peers import (  # noqa: E402
+    STORESCP, STORESCU, free_port, peer_env, running_storescp, wait_for_port, write_mr_instances,
+)
 
 AE = "APPLIANCE"
-
-
-def write_instances(out: Path, count: int) -> list[Path]:
-    """``count`` MR instances (~10 KB each, from pydicom's MR_small.dcm) of one series."""
-    out.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    paths = []
-    for index in range(count):
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = out / f"{index:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def send(port: int, called: str, files: Sequence[Path], parallel: int) -> float:
@@ -124,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
-        files = write_instances(work / "instances", count)
+        files = write_mr_instances(work / "instances", count)
         size = sum(p.stat().st_size for p in files) / len(files)
         print(f"{count} MR instances, {size / 1024:.1f} KB each, loopback, TCP_NODELAY=1")
         for label, parallel in (("1 association", 1), (f"{args.parallel} parallel associations", args.parallel)):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from appliance.demo._pacs import orthanc_config
+
 DCMTK = Path("/usr/bin")
 STORESCU = DCMTK / "storescu"
 STORESCP = DCMTK / "storescp"
@@ -92,24 +94,8 @@ class Orthanc:
     def start(self) -> None:
         if self.process is not None:
             return
-        config = {
-            "Name": "TestPACS",
-            "StorageDirectory": str(self.storage / "db"),
-            "IndexDirectory": str(self.storage / "db"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": self.aet,
-            # Orthanc 1.10 cannot bind one address: refuse remote HTTP and unknown DICOM peers instead.
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "UnknownSopClassAccepted": True,
-            "Plugins": [],
-            "StableAge": 1,
-            "HttpTimeout": 30,
-        }
+        config = {**orthanc_config("TestPACS", self.storage / "db", self.aet, self.dicom_port, self.http_port),
+                  "HttpTimeout": 30}
         cfg = self.storage / "orthanc.json"
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg.write_text(json.dumps(config))
@@ -173,3 +159,22 @@ def require_tool(path: Path) -> Path:
     if not path.exists() and shutil.which(path.name) is None:
         raise RuntimeError(f"{path} is missing: run scripts/test.sh, which installs dcmtk, orthanc and dicom3tools")
     return path
+
+
+def write_mr_instances(directory: Path, count: int) -> list[Path]:
+    """``count`` MR instances (~10 KB each, from pydicom's MR_small.dcm) of one new series, for benchmarks."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    paths = []
+    for index in range(count):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = directory / f"{index:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.errors import ApplianceError
 
@@ -50,6 +50,29 @@ def _wait_for_port(port: int, timeout: float, alive: Callable[[], bool] | None =
             if time.monotonic() > deadline or (alive is not None and not alive()):
                 raise ApplianceError(f"the demo PACS does not listen on 127.0.0.1:{port}") from None
             time.sleep(0.05)
+
+
+def orthanc_config(name: str, database: Path, ae_title: str, dicom_port: int, http_port: int) -> dict[str, Any]:
+    """An Orthanc configuration for a local PACS on loopback ports.
+
+    Orthanc 1.10 cannot bind one address: it refuses remote HTTP instead (``RemoteAccessAllowed``).
+    """
+    return {
+        "Name": name,
+        "StorageDirectory": str(database),
+        "IndexDirectory": str(database),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": ae_title,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": True,
+        "UnknownSopClassAccepted": True,
+        "Plugins": [],
+        "StableAge": 1,
+    }
 
 
 @dataclass(frozen=True)
@@ -98,22 +121,7 @@ class OrthancPacs:
             return
         shutil.rmtree(self.storage, ignore_errors=True)  # a fresh PACS every run
         self.storage.mkdir(parents=True)
-        config = {
-            "Name": "DemoPACS",
-            "StorageDirectory": str(self.storage / "db"),
-            "IndexDirectory": str(self.storage / "db"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.port,
-            "DicomAet": self.ae_title,
-            "RemoteAccessAllowed": False,  # loopback only
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "UnknownSopClassAccepted": True,
-            "Plugins": [],
-            "StableAge": 1,
-        }
+        config = orthanc_config("DemoPACS", self.storage / "db", self.ae_title, self.port, self.http_port)
         cfg = self.storage / "orthanc.json"
         cfg.write_text(json.dumps(config))
         log = open(self.storage / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
