@@ -6,6 +6,12 @@ associations, to dcmtk ``storescp`` (no fsync) and to our storage SCP
 (temporary file, fsync, rename, directory fsync, row committed before Success).
 Prints instances per second for both and the ratio (goal >= 0.5x storescp).
 
+Then, for scale, the durable path alone with no DICOM at all: the same files
+stored one after another through the node's spool and the state store (file
+fsync, rename, directory fsync, row commit), which bounds what one association
+can reach. ``BENCH_DIR=/dev/shm`` puts everything on tmpfs, where fsync costs
+nothing: what remains is the protocol stack's own cost.
+
     .venv/bin/python bench/ingest.py [--count 1000] [--parallel 10] [--quick]
 """
 
@@ -93,6 +99,30 @@ def measure(name: str, files: Sequence[Path], parallel: int, work: Path) -> tupl
     return len(files) / best["storescp"], len(files) / best["node"]
 
 
+def durable_path_rate(files: Sequence[Path], work: Path) -> float:
+    """Instances/s through the spool and the state store alone, one at a time (no DICOM)."""
+    import pydicom
+
+    from appliance.ingest import StoreSink
+    from dicom_node.scp import InstanceRecord
+    from dicom_node.spool import Spool
+
+    store = StateStore.for_data_dir(work / "durable")
+    spool, sink = Spool(work / "durable" / "spool"), StoreSink(store)
+    items = []
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items.append((str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), path.read_bytes()))
+    start = time.perf_counter()
+    for study, series, sop, data in items:
+        stored = spool.write(study, series, sop, [data])
+        sink.commit([InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.4", study, series, "MR", "", "1.2.840.10008.1.2.1",
+                                    stored.path, stored.size, "STORESCU", time.time())])
+    seconds = time.perf_counter() - start
+    store.close()
+    return len(items) / seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
@@ -115,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scp_rate, node_rate = measure(label.split()[0], files, parallel, work)
             print(f"{label:>26}: storescp {scp_rate:7.0f}/s   our node (durable) {node_rate:7.0f}/s   "
                   f"ratio {node_rate / scp_rate:.2f}x (goal >= 0.5x)")
+        floor = durable_path_rate(files, work)
+        print(f"{'durable path alone':>26}: spool + state store, one at a time, no DICOM {floor:7.0f}/s")
     return 0
 
 

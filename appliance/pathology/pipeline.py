@@ -103,20 +103,27 @@ def _bands(grid: TileGrid, region_tiles: int) -> Iterator[tuple[int, int, int, n
         start = end
 
 
-def _make_tiler(settings: PathologySettings, size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+#: ``tiler(region, rects, out)``: writes each rectangle's model input into ``out`` (N, 3, S, S) float32.
+Tiler = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def _make_tiler(settings: PathologySettings, size: int, mean: Sequence[float], std: Sequence[float]) -> Tiler:
     if settings.tiler == "cuda":
         from engines.kernels.cuda import CudaTiler
 
         cuda = CudaTiler(size, mean, std)
-        return lambda region, rects: cuda.run(region, rects).images
+        return lambda region, rects, out: np.copyto(out, cuda.run(region, rects).images)
     if settings.tiler != "numpy":
         raise JobFailed(f"tiler must be 'numpy' or 'cuda', got {settings.tiler!r}")
     from engines.kernels.reference import tile_batch
 
-    return lambda region, rects: tile_batch(region, rects, size, mean, std).images
+    def numpy_tiler(region: np.ndarray, rects: np.ndarray, out: np.ndarray) -> None:
+        tile_batch(region, rects, size, mean, std, out=out, measure_tissue=False)  # the grid chose the tiles
+
+    return numpy_tiler
 
 
-def _produce(reader: SlideReader, grid: TileGrid, tiler: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def _produce(reader: SlideReader, grid: TileGrid, tiler: Tiler,
              batch: int, size: int, settings: PathologySettings, out: "queue.Queue[Any]",
              stop: threading.Event) -> None:
     """Reader thread: fill batches of tiles in grid order and queue them; errors are queued too."""
@@ -130,11 +137,10 @@ def _produce(reader: SlideReader, grid: TileGrid, tiler: Callable[[np.ndarray, n
             region = reader.read_region(grid.level.index, c0 * t, row * t, (c1 - c0 + 1) * t, t)
             rects = np.stack([(grid.positions[idx, 1] - c0) * t, np.zeros(len(idx), np.int64),
                               np.full(len(idx), t), np.full(len(idx), t)], axis=1)
-            images = tiler(region, rects)
             k = 0
-            while k < len(idx):
+            while k < len(idx):  # each tile is made straight into its place in the batch
                 take = min(batch - fill, len(idx) - k)
-                buf[fill : fill + take] = images[k : k + take]
+                tiler(region, rects[k : k + take], buf[fill : fill + take])
                 fill += take
                 k += take
                 if fill == batch:

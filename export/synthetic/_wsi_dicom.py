@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -207,8 +208,7 @@ class WsiWriter:
             fh.write(b"\0" * (4 * n_frames))
             first = fh.tell()
             offsets = []
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                for data in pool.map(lambda f: encode_frame(f, self.ts), frames):
+            for data in self._encoded(frames):
                     if len(data) % 2:
                         data += b"\0"
                     offsets.append(fh.tell() - first)
@@ -223,6 +223,21 @@ class WsiWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         return final
+
+    def _encoded(self, frames: Iterator[np.ndarray]) -> Iterator[bytes]:
+        """Encode frames on a few threads, in order, with only a small window in flight.
+
+        (``Executor.map`` would take every frame of a gigapixel level up front.)
+        """
+        workers = min(4, os.cpu_count() or 1)
+        window: deque[Future[bytes]] = deque()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for frame in frames:
+                window.append(pool.submit(encode_frame, frame, self.ts))
+                if len(window) > 2 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
 
     def write_level(self, level: int) -> Path:
         """One pyramid level, ORIGINAL for the base and DERIVED/RESAMPLED below it."""

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from engines.kernels import CU_SOURCE, resize_weights, tile_batch
+from engines.kernels.reference import CHUNK_TILES
 from export.synthetic.tissue import render_tile
 
 MEAN = (0.72, 0.52, 0.70)
@@ -60,6 +61,28 @@ def test_reference_matches_per_tile_pil(region: np.ndarray, name: str, dtype: ty
     # Pillow rounds to uint8 between its two passes: at most ~1.5 grey levels apart.
     assert diff.max() < 2.0 / 255.0 / min(STD) + 0.01
     assert diff.mean() < 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_reference_in_chunks_and_into_out_equals_one_tile_at_a_time(region: np.ndarray, dtype: type) -> None:
+    """Many tiles of mixed sizes (more than a chunk each) give what each tile gives alone."""
+    rects = [(x, y, 112, 112) for y in range(0, 368, 61) for x in range(0, 368, 97)]  # identity, 2+ chunks
+    rects += [(x, 7, 150, 150) for x in range(0, 330, 33)] + [(3, 3, 80, 80)]
+    assert sum(1 for r in rects if r[2] == 112) > 2 * CHUNK_TILES
+    alone = [tile_batch(region, [rect], 112, MEAN, STD, dtype=dtype) for rect in rects]
+    got = tile_batch(region, rects, 112, MEAN, STD, dtype=dtype)
+    assert np.array_equal(got.images, np.concatenate([a.images for a in alone]))
+    assert np.array_equal(got.tissue_fraction, np.concatenate([a.tissue_fraction for a in alone]))
+    out = np.full((len(rects), 3, 112, 112), np.nan, dtype)
+    into = tile_batch(region, rects, 112, MEAN, STD, dtype=dtype, out=out, measure_tissue=False)
+    assert into.images is out
+    assert np.array_equal(out, got.images)
+    assert np.isnan(into.tissue_fraction).all()
+
+
+def test_reference_rejects_an_out_of_the_wrong_shape(region: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"out must be float32 of shape \(2, 3, 32, 32\)"):
+        tile_batch(region, [(0, 0, 32, 32), (32, 0, 32, 32)], 32, MEAN, STD, out=np.empty((2, 3, 32, 31), np.float32))
 
 
 def test_resize_weights_rows_sum_to_one_and_identity() -> None:
