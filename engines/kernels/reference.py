@@ -14,9 +14,9 @@ Contract, shared with ``tiling.cu``:
   ``max(RGB) - min(RGB)`` (a saturation proxy on the 0..255 scale) exceeds
   ``tissue_threshold``; glass is white or grey and has almost none.
 
-Tiles of equal rectangle size are handled together: made planar while still
-uint8, resized with the non-zero taps of the separable weights (rows, then
-columns), measured and normalized in place over the whole stack. Tiles already
+Tiles of equal rectangle size are handled together, ``CHUNK_TILES`` at a time:
+made planar while still uint8, resized with the non-zero taps of the separable
+weights (rows, then columns), measured and normalized in place. Tiles already
 at the output size skip resampling, and their tissue fraction is taken from the
 uint8 pixels.
 """

@@ -209,11 +209,11 @@ class WsiWriter:
             first = fh.tell()
             offsets = []
             for data in self._encoded(frames):
-                    if len(data) % 2:
-                        data += b"\0"
-                    offsets.append(fh.tell() - first)
-                    fh.write(struct.pack("<II", _ITEM, len(data)))
-                    fh.write(data)
+                if len(data) % 2:
+                    data += b"\0"
+                offsets.append(fh.tell() - first)
+                fh.write(struct.pack("<II", _ITEM, len(data)))
+                fh.write(data)
             fh.write(struct.pack("<II", _SEQ_DELIM, 0))
             if len(offsets) != n_frames:
                 raise RuntimeError(f"wrote {len(offsets)} frames, expected {n_frames}")
