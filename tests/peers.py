@@ -7,7 +7,6 @@ does not wait on Nagle / delayed ACK.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.demo._pacs import orthanc_config
+from appliance.demo._pacs import free_port, launch_orthanc, orthanc_config, stop_process
 
 DCMTK = Path("/usr/bin")
 STORESCU = DCMTK / "storescu"
@@ -34,13 +33,6 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 def peer_env() -> dict[str, str]:
     """Environment for dcmtk tools and Orthanc: TCP_NODELAY on."""
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
@@ -92,36 +84,17 @@ class Orthanc:
             return list(client.post("/tools/find", json=query).raise_for_status().json())
 
     def start(self) -> None:
+        """Start (or start again, on the same ports and database) and wait until it answers."""
         if self.process is not None:
             return
         config = {**orthanc_config("TestPACS", self.storage / "db", self.aet, self.dicom_port, self.http_port),
                   "HttpTimeout": 30}
-        cfg = self.storage / "orthanc.json"
-        self.storage.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(json.dumps(config))
-        log = open(self.storage / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen([str(ORTHANC), str(cfg)], stdout=log, stderr=log, env=peer_env())
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{self.url}/system", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not start; see {self.storage / 'orthanc.log'}") from None
-                time.sleep(0.1)
-        wait_for_port(self.dicom_port)
+        self.process = launch_orthanc(ORTHANC, config, self.storage)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
 
 
 @contextmanager
@@ -150,8 +123,7 @@ def running_storescp(directory: Path, aet: str = "STORESCP") -> Iterator[int]:
         wait_for_port(port)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_process(proc)
 
 
 def require_tool(path: Path) -> Path:
@@ -161,8 +133,11 @@ def require_tool(path: Path) -> Path:
     return path
 
 
-def write_mr_instances(directory: Path, count: int) -> list[Path]:
-    """``count`` MR instances (~10 KB each, from pydicom's MR_small.dcm) of one new series, for benchmarks."""
+def write_mr_instances(directory: Path, count: int, *, study_each: bool = False) -> list[Path]:
+    """``count`` MR instances (~10 KB each, from pydicom's MR_small.dcm) with new UIDs, named by SOP Instance UID.
+
+    All of one new series, or with ``study_each`` each in a study and series of its own.
+    """
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
@@ -171,10 +146,12 @@ def write_mr_instances(directory: Path, count: int) -> list[Path]:
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     paths = []
-    for index in range(count):
+    for _ in range(count):
+        if study_each:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = directory / f"{index:05d}.dcm"
+        path = directory / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

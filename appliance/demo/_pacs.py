@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 from appliance.errors import ApplianceError
 
-__all__ = ["ORTHANC", "LocalPacs", "OrthancPacs", "SrArrival", "StoreScpPacs", "free_port", "start_pacs"]
+__all__ = [
+    "ORTHANC", "LocalPacs", "OrthancPacs", "SrArrival", "StoreScpPacs", "free_port", "launch_orthanc", "start_pacs",
+    "stop_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _wait_for_port(port: int, timeout: float, alive: Callable[[], bool] | None =
                 return
         except OSError:
             if time.monotonic() > deadline or (alive is not None and not alive()):
-                raise ApplianceError(f"the demo PACS does not listen on 127.0.0.1:{port}") from None
+                raise ApplianceError(f"the local PACS does not listen on 127.0.0.1:{port}") from None
             time.sleep(0.05)
 
 
@@ -73,6 +76,52 @@ def orthanc_config(name: str, database: Path, ae_title: str, dicom_port: int, ht
         "Plugins": [],
         "StableAge": 1,
     }
+
+
+def launch_orthanc(
+    executable: Path, config: dict[str, Any], storage: Path, timeout: float = _START_TIMEOUT
+) -> subprocess.Popen[bytes]:
+    """Start Orthanc with ``config`` (written to ``storage/orthanc.json``; log beside it) and TCP_NODELAY.
+
+    Returns once its REST API and its DICOM port answer; a process that exits or
+    does not answer within ``timeout`` is stopped and reported naming its log.
+    """
+    import httpx
+
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = storage / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = open(storage / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    process = subprocess.Popen([str(executable), str(cfg)], stdout=log, stderr=log, env=env)
+    log.close()
+    url = f"http://127.0.0.1:{config['HttpPort']}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/system", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_process(process)
+                raise ApplianceError(f"Orthanc did not start; see {storage / 'orthanc.log'}") from None
+            time.sleep(0.1)
+    try:
+        _wait_for_port(int(config["DicomPort"]), timeout, lambda: process.poll() is None)
+    except ApplianceError:
+        stop_process(process)
+        raise
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process; kill it if it has not ended within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass(frozen=True)
@@ -115,42 +164,17 @@ class OrthancPacs:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
-        import httpx
-
         if self._process is not None:
             return
         shutil.rmtree(self.storage, ignore_errors=True)  # a fresh PACS every run
-        self.storage.mkdir(parents=True)
         config = orthanc_config("DemoPACS", self.storage / "db", self.ae_title, self.port, self.http_port)
-        cfg = self.storage / "orthanc.json"
-        cfg.write_text(json.dumps(config))
-        log = open(self.storage / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
-        env = {**os.environ, "TCP_NODELAY": "1"}
-        self._process = subprocess.Popen([str(self.executable), str(cfg)], stdout=log, stderr=log, env=env)
-        log.close()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            try:
-                httpx.get(f"{self.url}/system", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise ApplianceError(f"Orthanc did not start; see {self.storage / 'orthanc.log'}") from None
-                time.sleep(0.1)
-        _wait_for_port(self.port, _START_TIMEOUT, lambda: self._process is not None and self._process.poll() is None)
+        self._process = launch_orthanc(self.executable, config, self.storage)
         logger.info("Orthanc %s on DICOM port %d, REST %s", self.ae_title, self.port, self.url)
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process)
 
     def find_sr(self, study_uid: str) -> list[SrArrival]:
         """SR instances of the study indexed by Orthanc (REST ``/tools/find``)."""

@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage
 
@@ -19,22 +17,6 @@ from tests.peers import free_port
 
 #: PS3.4 Table B.2-1: Refused: Out of Resources
 OUT_OF_RESOURCES = 0xA700
-
-
-def write_mr(directory: Path, count: int = 1, source: str = "MR_small.dcm") -> list[Path]:
-    """``count`` copies of a pydicom test MR, each with new Study/Series/SOP Instance UIDs."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(get_testdata_file(source))
-    paths = []
-    for _ in range(count):
-        ds.StudyInstanceUID = generate_uid()
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = directory / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from appliance.outbox import Outbox, delivery_component, enqueue, outbox_dir
 from appliance.state import StateStore
 from dicom_node.delivery import DeliverySender, RetryPolicy
 from dicom_node.scu import Destination, StorageSCU
-from tests.dicom_node._delivery_helpers import OUT_OF_RESOURCES, Recorder, silent_listener, status_scp, write_mr
-from tests.peers import Orthanc, free_port, running_orthanc
+from tests.dicom_node._delivery_helpers import OUT_OF_RESOURCES, Recorder, silent_listener, status_scp
+from tests.peers import Orthanc, free_port, running_orthanc, write_mr_instances
 
 APPLIANCE = Path(sys.executable).with_name("appliance")
 FAST = RetryPolicy(initial=0.2, max_backoff=0.5, max_age=60.0)
@@ -70,7 +70,7 @@ def _delivered(destination: str, count: int = 1):  # type: ignore[no-untyped-def
 
 
 def test_enqueue_is_idempotent_per_destination_and_sop_instance(store: StateStore, data_dir: Path) -> None:
-    path = write_mr(outbox_dir(data_dir))[0]
+    path = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)[0]
     first = enqueue(store, "job-1", path, path.stem, ["pacs", "archive", "pacs"])
     again = enqueue(store, "job-1", path, path.stem, ["archive", "pacs"])
     assert len(first) == 2 and sorted(first) == sorted(again)
@@ -80,7 +80,7 @@ def test_enqueue_is_idempotent_per_destination_and_sop_instance(store: StateStor
 
 
 def test_outbox_leases_hide_rows_and_retries_wait_for_their_time(store: StateStore, data_dir: Path) -> None:
-    paths = write_mr(outbox_dir(data_dir), 2)
+    paths = write_mr_instances(outbox_dir(data_dir), 2, study_each=True)
     for path in paths:
         enqueue(store, "job-1", path, path.stem, ["pacs"])
     outbox = Outbox(store, lease_seconds=30)
@@ -107,7 +107,7 @@ def test_backoff_doubles_with_jitter_up_to_the_cap(attempts: int, low: float, hi
 
 
 def test_result_files_arrive_in_orthanc(store: StateStore, data_dir: Path, pacs: Orthanc) -> None:
-    paths = write_mr(outbox_dir(data_dir), 3)
+    paths = write_mr_instances(outbox_dir(data_dir), 3, study_each=True)
     for path in paths:
         enqueue(store, "job-1", path, path.stem, ["pacs"])
     recorder = Recorder()
@@ -125,7 +125,7 @@ def test_delivery_retries_while_orthanc_is_down_and_arrives_after_restart(
     store: StateStore, data_dir: Path, orthanc: Orthanc
 ) -> None:
     orthanc.stop()
-    path = write_mr(outbox_dir(data_dir))[0]
+    path = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)[0]
     enqueue(store, "job-2", path, path.stem, ["pacs"])
     recorder = Recorder()
     sender = _sender(store, [_pacs(orthanc)], recorder)
@@ -145,7 +145,7 @@ def test_delivery_retries_while_orthanc_is_down_and_arrives_after_restart(
 
 
 def test_failure_status_ends_dead_with_its_reason_after_max_age(store: StateStore, data_dir: Path) -> None:
-    path = write_mr(outbox_dir(data_dir))[0]
+    path = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)[0]
     enqueue(store, "job-3", path, path.stem, ["refuser"])
     recorder = Recorder()
     with status_scp(OUT_OF_RESOURCES) as port:
@@ -175,7 +175,7 @@ def test_unreadable_file_is_dead_at_once(store: StateStore, data_dir: Path) -> N
 
 
 def test_hung_destination_does_not_block_another(store: StateStore, data_dir: Path, pacs: Orthanc) -> None:
-    path = write_mr(outbox_dir(data_dir))[0]
+    path = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)[0]
     enqueue(store, "job-5", path, path.stem, ["hung", "pacs"])
     recorder = Recorder()
     timeout = 20.0
@@ -208,7 +208,7 @@ def test_delivery_component_from_configuration(store: StateStore, data_dir: Path
     )
     sender = delivery_component(config, store)
     assert sender is not None and sender.name == "delivery"
-    path = write_mr(outbox_dir(data_dir))[0]
+    path = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)[0]
     enqueue(store, "job-6", path, path.stem, ["pacs"])
     assert [o.state for o in sender.run_once("pacs")] == ["delivered"]
     assert _found(pacs, path.stem) == 1

@@ -23,8 +23,8 @@ from dicom_node._c_store import encode_c_store_rq, read_info
 from dicom_node.errors import DeliveryFailed
 from dicom_node.scu import Destination, StorageSCU, UnsendableFile, describe_status
 from dicom_node.tls import client_context, server_context
-from tests.dicom_node._delivery_helpers import OUT_OF_RESOURCES, status_scp, write_mr, write_tls_files
-from tests.peers import Orthanc, free_port, running_storescp
+from tests.dicom_node._delivery_helpers import OUT_OF_RESOURCES, status_scp, write_tls_files
+from tests.peers import Orthanc, free_port, running_storescp, write_mr_instances
 
 #: one pydicom test MR per transfer syntax the SCU must send as stored
 TEST_FILES = [
@@ -141,7 +141,7 @@ def test_data_sets_go_on_the_wire_as_stored(max_pdu: int) -> None:
 
 
 def test_one_association_carries_a_batch(tmp_path: Path) -> None:
-    paths = write_mr(tmp_path / "in", 20)
+    paths = write_mr_instances(tmp_path / "in", 20, study_each=True)
     associations: list[object] = []
     with running_storescp(tmp_path / "out") as port:
         scu = StorageSCU("APPLIANCE", timeout=10)
@@ -170,7 +170,7 @@ def _implicit_only_scp(received: list[pydicom.Dataset]) -> Iterator[int]:
 
 
 def test_uncompressed_file_is_converted_when_the_peer_wants_another_syntax(tmp_path: Path) -> None:
-    path = write_mr(tmp_path / "in")[0]
+    path = write_mr_instances(tmp_path / "in", 1, study_each=True)[0]
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     received: list[pydicom.Dataset] = []
     with _implicit_only_scp(received) as port:
@@ -191,7 +191,7 @@ def test_compressed_file_fails_when_its_syntax_is_not_accepted(tmp_path: Path) -
 
 
 def test_failure_status_is_reported_with_hex_and_meaning(tmp_path: Path) -> None:
-    paths = write_mr(tmp_path / "in", 2)
+    paths = write_mr_instances(tmp_path / "in", 2, study_each=True)
     with status_scp(OUT_OF_RESOURCES) as port:
         results = StorageSCU(timeout=10).send_files(Destination("r", "REFUSER", "127.0.0.1", port), paths)
     assert len(results) == 2
@@ -201,7 +201,7 @@ def test_failure_status_is_reported_with_hex_and_meaning(tmp_path: Path) -> None
 
 
 def test_rejected_association_names_the_reason(orthanc: Orthanc, tmp_path: Path) -> None:
-    path = write_mr(tmp_path / "in")[0]
+    path = write_mr_instances(tmp_path / "in", 1, study_each=True)[0]
     wrong = Destination("pacs", "NOT-ORTHANC", "127.0.0.1", orthanc.dicom_port)
     results = StorageSCU(timeout=10).send_files(wrong, [path])
     with pytest.raises(DeliveryFailed, match=r"association rejected by pacs \(NOT-ORTHANC@.*reason: "):

@@ -42,3 +42,13 @@ def test_lesion_curve_matches_its_type_and_label_correlation() -> None:
 ])
 def test_classify_curve(enhancement: tuple[float, ...], curve: str) -> None:
     assert classify_curve(enhancement) == curve
+
+
+def test_generator_labels_curves_by_the_appliances_rule() -> None:
+    """export may not import appliance (nor the reverse): the rule stands in both, and must agree."""
+    from appliance.mri._kinetics import classify
+
+    rng = np.random.default_rng(5)
+    curves = np.concatenate([np.zeros((500, 1)), rng.uniform(0.0, 2.0, (500, 4))], axis=1)
+    curves[:20, -1] = curves[:20, 1:3].max(axis=1) * 1.1 + 0.1  # exactly at the +10 % threshold
+    assert [classify_curve(c) for c in curves] == [classify(c) for c in curves]
