@@ -17,13 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from engines.errors import RuntimeMissing
+from engines.kernels.plan import LaunchPlan, plan_launch
 from engines.kernels.reference import TileBatch
 
 __all__ = ["CudaTiler", "cuda_available"]
 
 logger = logging.getLogger(__name__)
-
-_BLOCK = 256
 
 
 def _import_pycuda() -> tuple[Any, Any, Any]:
@@ -76,6 +75,8 @@ class CudaTiler:
         self._cap: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
         self._dev: dict[str, Any] = {}
+        self._plan: LaunchPlan | None = None
+        self._region_width = 0
 
     def _buffer(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, Any]:
         """Pinned host view and device allocation, grown (never shrunk) on demand."""
@@ -89,36 +90,56 @@ class CudaTiler:
 
     def run(self, region: np.ndarray, rects: np.ndarray | Sequence[Sequence[int]]) -> TileBatch:
         """Resize, normalize and count tissue for every rectangle of ``region``."""
-        from engines.kernels.reference import check_inputs
-
-        r = check_inputs(region, np.asarray(rects), self.size).astype(np.int32)
         self._ctx.push()
         try:
-            return self._run(np.ascontiguousarray(region), r)
+            n = self.upload(region, rects)
+            self.launch(n)
+            return self.download(n)
         finally:
             self._ctx.pop()
 
-    def _run(self, region: np.ndarray, r: np.ndarray) -> TileBatch:
-        n = r.shape[0]
-        s = self.size
-        drv = self._drv
+    def upload(self, region: np.ndarray, rects: np.ndarray | Sequence[Sequence[int]]) -> int:
+        """Queue the copies of ``region`` and its rectangles to the device; return the tile count.
+
+        ``upload``, ``launch`` and ``download`` are the steps of :meth:`run`, apart so a benchmark
+        can time the kernel alone (CUDA events around ``launch``); call them with the context pushed.
+        """
+        from engines.kernels.reference import check_inputs
+
+        r = check_inputs(region, np.asarray(rects), self.size).astype(np.int32)
+        self._plan = plan_launch(r, self.size)
+        region = np.ascontiguousarray(region)
         h_region, d_region = self._buffer("region", region.shape, np.dtype(np.uint8))
         h_region[...] = region
         h_rects, d_rects = self._buffer("rects", r.shape, np.dtype(np.int32))
         h_rects[...] = r
+        self._region_width = region.shape[1]
+        self._drv.memcpy_htod_async(d_region, h_region, self._stream)
+        self._drv.memcpy_htod_async(d_rects, h_rects, self._stream)
+        return len(r)
+
+    def launch(self, n: int) -> None:
+        """Queue the kernel over the ``n`` uploaded tiles (tissue counts zeroed first)."""
+        s, plan = self.size, self._plan
+        if plan is None:
+            raise RuntimeError("CudaTiler.launch() needs an upload() first")
+        _, d_out = self._buffer("out", (n, 3, s, s), self.dtype)
+        _, d_count = self._buffer("count", (n,), np.dtype(np.int32))
+        self._drv.memset_d32_async(d_count, 0, n, self._stream)
+        self._kernel(
+            self._dev["region"], np.int32(self._region_width), self._dev["rects"], np.int32(n), np.int32(s),
+            self._mean, self._std, np.float32(self.tissue_threshold),
+            np.int32(plan.taps), np.int32(plan.band_rows), np.int32(plan.stage_bytes), d_out, d_count,
+            block=(plan.block, 1, 1), grid=plan.grid, shared=plan.shared_bytes, stream=self._stream,
+        )
+
+    def download(self, n: int) -> TileBatch:
+        """Copy the batch and counts back, wait for the stream, return them."""
+        s = self.size
         h_out, d_out = self._buffer("out", (n, 3, s, s), self.dtype)
         h_count, d_count = self._buffer("count", (n,), np.dtype(np.int32))
-        drv.memcpy_htod_async(d_region, h_region, self._stream)
-        drv.memcpy_htod_async(d_rects, h_rects, self._stream)
-        drv.memset_d32_async(d_count, 0, n, self._stream)
-        grid = ((s * s + _BLOCK - 1) // _BLOCK, n)
-        self._kernel(
-            d_region, np.int32(region.shape[1]), d_rects, np.int32(n), np.int32(s),
-            self._mean, self._std, np.float32(self.tissue_threshold), d_out, d_count,
-            block=(_BLOCK, 1, 1), grid=grid, stream=self._stream,
-        )
-        drv.memcpy_dtoh_async(h_out, d_out, self._stream)
-        drv.memcpy_dtoh_async(h_count, d_count, self._stream)
+        self._drv.memcpy_dtoh_async(h_out, d_out, self._stream)
+        self._drv.memcpy_dtoh_async(h_count, d_count, self._stream)
         self._stream.synchronize()
         fraction = h_count.astype(np.float32) / np.float32(s * s)
         return TileBatch(images=h_out.copy(), tissue_fraction=fraction)

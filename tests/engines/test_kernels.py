@@ -13,21 +13,15 @@ from PIL import Image
 from engines.kernels import CU_SOURCE, resize_weights, tile_batch
 from engines.kernels.reference import CHUNK_TILES
 from export.synthetic.tissue import render_tile
+from tests.engines._tiling import MEAN, RECT_SETS, STD, assert_matches_reference, make_region
 
-MEAN = (0.72, 0.52, 0.70)
-STD = (0.14, 0.18, 0.12)
 NVCC = Path("/usr/local/bin/nvcc")
 ARCHES = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
 
 @pytest.fixture(scope="module")
 def region() -> np.ndarray:
-    rng = np.random.default_rng(7)
-    rows = []
-    for i in range(3):
-        tf = 0.4 if i == 1 else 1.0
-        rows.append(np.concatenate([render_tile(rng, 160, (i + j) % 2 == 0, tf) for j in range(3)], 1))
-    return np.ascontiguousarray(np.concatenate(rows, 0))
+    return make_region()
 
 
 def per_tile_pil(region: np.ndarray, rects: list[tuple[int, int, int, int]], size: int) -> np.ndarray:
@@ -38,14 +32,6 @@ def per_tile_pil(region: np.ndarray, rects: list[tuple[int, int, int, int]], siz
         a = (np.asarray(im, np.float32) / 255.0 - np.float32(MEAN)) / np.float32(STD)
         out.append(a.transpose(2, 0, 1))
     return np.stack(out)
-
-
-RECT_SETS = {
-    "downscale": [(x, y, 150, 150) for y in (0, 90, 330) for x in (0, 170, 330)],
-    "identity": [(0, 0, 112, 112), (368, 368, 112, 112), (200, 40, 112, 112)],
-    "upscale": [(5, 9, 80, 80), (400, 0, 80, 80)],
-    "mixed": [(0, 0, 150, 120), (100, 200, 97, 131), (479, 479, 1, 1)],
-}
 
 
 @pytest.mark.parametrize("name", sorted(RECT_SETS))
@@ -134,17 +120,14 @@ def test_nvcc_compiles_tiling_kernel(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(RECT_SETS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_cuda_kernel_matches_reference(region: np.ndarray, dtype: type) -> None:
+def test_cuda_kernel_matches_reference(region: np.ndarray, name: str, dtype: type) -> None:
     from engines.kernels.cuda import CudaTiler, cuda_available
 
     ok, why = cuda_available()
     if not ok:
         pytest.skip(why)
-    rects = RECT_SETS["downscale"] + RECT_SETS["mixed"] + RECT_SETS["upscale"]
-    tiler = CudaTiler(96, MEAN, STD, dtype=dtype)
-    got = tiler.run(region, rects)
-    want = tile_batch(region, rects, 96, MEAN, STD, dtype=dtype)
-    assert got.images.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(got.images.astype(np.float32), want.images.astype(np.float32), atol=0.02)
-    np.testing.assert_allclose(got.tissue_fraction, want.tissue_fraction, atol=0.01)
+    rects = RECT_SETS[name]
+    got = CudaTiler(96, MEAN, STD, dtype=dtype).run(region, rects)
+    assert_matches_reference(got, tile_batch(region, rects, 96, MEAN, STD, dtype=dtype), 96)
