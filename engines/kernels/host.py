@@ -71,9 +71,11 @@ class HostTiler:
         fn = self._lib.tiling_host_run
         p = ctypes.c_void_p
         i = ctypes.c_int
-        fn.argtypes = [p, i, p, i, i, p, p, ctypes.c_float, i, i, i, i, p, p]
+        fn.argtypes = [p, i, p, i, i, p, p, ctypes.c_float, i, i, i, i, p, p, p]
         fn.restype = i
         self._run = fn
+        #: (bands, bands staged in shared memory) of the last run
+        self.bands = (0, 0)
 
     def run(
         self,
@@ -99,9 +101,12 @@ class HostTiler:
         counts = np.zeros(n, np.int32)
         m = np.ascontiguousarray(mean, np.float32)
         s = np.ascontiguousarray(std, np.float32)
+        bands = np.zeros(2, np.int32)
         rc = self._run(region.ctypes.data, region.shape[1], r.ctypes.data, n, size, m.ctypes.data, s.ctypes.data,
                        float(tissue_threshold), plan.taps, plan.band_rows, plan.stage_bytes,
-                       int(out_dtype == np.float16), images.ctypes.data, counts.ctypes.data)
+                       int(out_dtype == np.float16), images.ctypes.data, counts.ctypes.data,
+                       bands.ctypes.data)
         if rc != 0:
             raise MemoryError(f"tiling_host_run could not allocate {plan.shared_bytes} bytes of block memory")
+        self.bands = (int(bands[0]), int(bands[1]))
         return TileBatch(images=images, tissue_fraction=counts.astype(np.float32) / np.float32(size * size))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BLOCK", "SHARED_LIMIT", "LaunchPlan", "plan_launch", "taps_for"]
+__all__ = ["BLOCK", "SHARED_LIMIT", "LaunchPlan", "bytes_moved", "plan_launch", "taps_for"]
 
 #: threads per block (a multiple of the 32-thread warp; the kernels' __launch_bounds__ say 256)
 BLOCK = 256
@@ -55,12 +55,29 @@ def plan_launch(rects: np.ndarray, size: int) -> LaunchPlan:
     taps = taps_for(longest, size)
     band_rows = max(1, min(size, _PIXELS_PER_BLOCK // size))
     taps_bytes = (size + band_rows) * (4 * taps + _TAPS_BYTES)
-    stage_bytes = (SHARED_LIMIT - _STATIC_SHARED - taps_bytes) // 16 * 16
-    if stage_bytes < 0:
+    room = (SHARED_LIMIT - _STATIC_SHARED - taps_bytes) // 16 * 16
+    if room < 0:
         raise ValueError(
             f"a {longest}-pixel tile side resized to {size} needs {taps} filter taps per pixel, "
             f"{taps_bytes} bytes of shared memory per block, over the {SHARED_LIMIT}-byte limit: "
             "read such tiles from a coarser pyramid level"
         )
+    # the most source rows a band spans: its rows' centres (band_rows - 1) * scale apart, plus a window
+    span = np.minimum(r[:, 3], (band_rows - 1) * r[:, 3] // size + taps + 1)
+    wanted = -(-int((span * 3 * r[:, 2]).max()) // 16) * 16
+    stage_bytes = min(room, wanted)  # no more than needed: smaller blocks, more of them per multiprocessor
     grid = (math.ceil(size / band_rows), len(r))
     return LaunchPlan(taps, band_rows, stage_bytes, taps_bytes + stage_bytes, grid)
+
+
+def bytes_moved(rects: np.ndarray, size: int, itemsize: int) -> int:
+    """Bytes one launch must move through device memory at least (docs/tiling_kernel.md).
+
+    Each tile's source pixels read once (3 bytes each; the halo rows two bands share
+    come from L2), its rectangle read, its S x S x 3 outputs of ``itemsize`` bytes and
+    its tissue counter written.
+    """
+    r = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+    read = int((r[:, 2] * r[:, 3]).sum()) * 3 + 16 * len(r)
+    write = len(r) * (3 * size * size * itemsize + 4)
+    return read + write

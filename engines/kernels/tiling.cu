@@ -260,10 +260,13 @@ extern "C" __global__ void __launch_bounds__(256, 4) tile_batch_f16(const uint8_
 
 // Plays every block of the launch (tile, band) on the CPU with the kernel's
 // functions: taps, staging (when the band fits `stage_bytes`), every pixel.
-// `half_out` selects __half output. Returns 0, or -1 if memory ran out.
+// `half_out` selects __half output; `bands` receives how many bands there were
+// and how many of them were staged in shared memory. Returns 0, or -1 if
+// memory ran out.
 extern "C" int tiling_host_run(const uint8_t* region, int region_width, const int* rects, int n_tiles, int size,
                                const float* mean, const float* std_, float tissue_threshold, int taps,
-                               int band_rows, int stage_bytes, int half_out, void* out, int* tissue_count) {
+                               int band_rows, int stage_bytes, int half_out, void* out, int* tissue_count,
+                               int bands[2]) {
     const Layout l = layout(size, taps, band_rows, stage_bytes);
     uint8_t* smem = (uint8_t*)malloc(l.total);
     if (smem == NULL) return -1;
@@ -273,6 +276,7 @@ extern "C" int tiling_host_run(const uint8_t* region, int region_width, const in
     Taps* ty = (Taps*)(smem + l.ty);
     const Normalize z = make_normalize(mean, std_, tissue_threshold);
     const size_t pitch = (size_t)region_width * 3, plane = (size_t)size * size;
+    bands[0] = bands[1] = 0;
     for (int n = 0; n < n_tiles; ++n) {
         const int tw = rects[4 * n + 2], th = rects[4 * n + 3];
         const uint8_t* tile = region + (size_t)rects[4 * n + 1] * pitch + (size_t)rects[4 * n] * 3;
@@ -283,9 +287,11 @@ extern "C" int tiling_host_run(const uint8_t* region, int region_width, const in
             int first, last;
             band_rows_span(ty, rows, &first, &last);
             Source src{tile, pitch, 0};
+            ++bands[0];
             if ((size_t)(last - first) * 3 * tw <= (size_t)stage_bytes) {
                 stage_rows(0, 1, tile, pitch, tw, first, last, smem + l.stage);
                 src = Source{smem + l.stage, (size_t)3 * tw, first};
+                ++bands[1];
             }
             for (int p = 0; p < rows * size; ++p) {
                 const int r = p / size, j = p % size;

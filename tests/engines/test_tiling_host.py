@@ -53,6 +53,8 @@ def test_host_kernel_matches_reference(host: HostTiler, region: np.ndarray, name
     got = host.run(region, rects, SIZE, MEAN, STD, dtype=dtype, plan=plan)
     want = tile_batch(region, rects, SIZE, MEAN, STD, dtype=dtype)
     assert_matches_reference(got, want, SIZE)
+    if staging == "global":
+        assert host.bands[1] == 0 < host.bands[0]
 
 
 def test_host_kernel_over_many_bands_and_odd_sizes(host: HostTiler, region: np.ndarray) -> None:
@@ -117,3 +119,13 @@ def test_plan_fits_shared_memory_and_covers_every_row() -> None:
 def test_plan_rejects_what_cannot_launch(rects: object, size: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         plan_launch(np.asarray(rects), size)
+
+
+def test_common_tiles_are_staged_in_shared_memory(host: HostTiler, region: np.ndarray) -> None:
+    """Usual down-scales stage every band; the plan asks for no more room than the widest band needs."""
+    for side, size in ((256, 224), (448, 224), (224, 224), (150, 112), (80, 112)):
+        rects = [(0, 0, side, side), (480 - side, 480 - side, side, side)]
+        plan = plan_launch(np.array(rects), size)
+        host.run(region, rects, size, MEAN, STD, plan=plan)
+        assert host.bands == (2 * plan.grid[0], 2 * plan.grid[0])
+        assert plan.stage_bytes <= 3 * side * side + 16
