@@ -26,6 +26,8 @@ _PIXELS_PER_BLOCK = 2048
 #: the kernel's static shared memory (the block's tissue counter), kept clear of
 _STATIC_SHARED = 64
 _TAPS_BYTES = 8  # sizeof(Taps): two ints
+#: bands are halved to fit their source rows in shared memory down to this many rows, no further
+_MIN_BAND_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,21 @@ def plan_launch(rects: np.ndarray, size: int) -> LaunchPlan:
     longest = int(r[:, 2:4].max())
     taps = taps_for(longest, size)
     band_rows = max(1, min(size, _PIXELS_PER_BLOCK // size))
-    taps_bytes = (size + band_rows) * (4 * taps + _TAPS_BYTES)
-    room = (SHARED_LIMIT - _STATIC_SHARED - taps_bytes) // 16 * 16
+    while True:
+        taps_bytes = (size + band_rows) * (4 * taps + _TAPS_BYTES)
+        room = (SHARED_LIMIT - _STATIC_SHARED - taps_bytes) // 16 * 16
+        # the most source rows a band spans: its rows' centres (band_rows - 1) * scale apart, plus a window
+        span = np.minimum(r[:, 3], (band_rows - 1) * r[:, 3] // size + taps + 1)
+        wanted = -(-int((span * 3 * r[:, 2]).max()) // 16) * 16
+        if wanted <= room or band_rows <= _MIN_BAND_ROWS:
+            break
+        band_rows //= 2  # fewer rows per band, so the widest band's source rows fit in shared memory
     if room < 0:
         raise ValueError(
             f"a {longest}-pixel tile side resized to {size} needs {taps} filter taps per pixel, "
             f"{taps_bytes} bytes of shared memory per block, over the {SHARED_LIMIT}-byte limit: "
             "read such tiles from a coarser pyramid level"
         )
-    # the most source rows a band spans: its rows' centres (band_rows - 1) * scale apart, plus a window
-    span = np.minimum(r[:, 3], (band_rows - 1) * r[:, 3] // size + taps + 1)
-    wanted = -(-int((span * 3 * r[:, 2]).max()) // 16) * 16
     stage_bytes = min(room, wanted)  # no more than needed: smaller blocks, more of them per multiprocessor
     grid = (math.ceil(size / band_rows), len(r))
     return LaunchPlan(taps, band_rows, stage_bytes, taps_bytes + stage_bytes, grid)

@@ -123,9 +123,11 @@ def test_plan_rejects_what_cannot_launch(rects: object, size: int, match: str) -
 
 def test_common_tiles_are_staged_in_shared_memory(host: HostTiler, region: np.ndarray) -> None:
     """Usual down-scales stage every band; the plan asks for no more room than the widest band needs."""
-    for side, size in ((256, 224), (448, 224), (224, 224), (150, 112), (80, 112)):
-        rects = [(0, 0, side, side), (480 - side, 480 - side, side, side)]
+    big = np.ascontiguousarray(np.tile(region, (2, 2, 1)))  # 960 x 960
+    for side, size in ((256, 224), (448, 224), (224, 224), (150, 112), (80, 112), (800, 224)):
+        rects = [(0, 0, side, side), (960 - side, 960 - side, side, side)]
         plan = plan_launch(np.array(rects), size)
-        host.run(region, rects, size, MEAN, STD, plan=plan)
+        assert_matches_reference(host.run(big, rects, size, MEAN, STD, plan=plan),
+                                 tile_batch(big, rects, size, MEAN, STD), size)
         assert host.bands == (2 * plan.grid[0], 2 * plan.grid[0])
         assert plan.stage_bytes <= 3 * side * side + 16
