@@ -93,7 +93,8 @@ def findings() -> dict[str, Any]:
         "python": sys.version.split()[0], "executable": sys.executable, "machine": platform.machine(),
         "cpus": __import__("os").cpu_count(), "gpu": gpu(), "nvcc": nvcc(), "numpy": module("numpy"),
         "pycuda": module("pycuda.driver") if importlib.util.find_spec("pycuda") else module("pycuda"), "tensorrt": module("tensorrt"), "onnxruntime_cuda": onnxruntime_cuda(),
-        "torch": module("torch", load=False), "project_test_modules_missing": missing,
+        "torch": module("torch", load=False), "cupy": module("cupy", load=False),
+        "project_test_modules_missing": missing,
     }
 
 
@@ -101,7 +102,7 @@ def shell(f: dict[str, Any]) -> str:
     """``NAME=value`` lines for the script: HAVE_* flags (1/0) and *_WHY reasons."""
     out = {}
     for key, flag in (("gpu", "GPU"), ("pycuda", "PYCUDA"), ("tensorrt", "TENSORRT"),
-                      ("onnxruntime_cuda", "ORT_CUDA"), ("nvcc", "NVCC")):
+                      ("onnxruntime_cuda", "ORT_CUDA"), ("nvcc", "NVCC"), ("cupy", "CUPY")):
         out[f"HAVE_{flag}"] = "1" if f[key]["present"] else "0"
         out[f"{flag}_WHY"] = f[key].get("reason", "")
     out["PROJECT_MISSING"] = " ".join(f["project_test_modules_missing"])

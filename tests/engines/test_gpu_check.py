@@ -139,3 +139,20 @@ def test_junit_summary_counts_a_real_pytest_run(tmp_path: Path) -> None:
     assert (got["tests"], got["passed"], got["failures"], got["skipped"]) == (3, 1, 1, 1)
     assert got["failing"][0]["test"].endswith("test_bad") and "one is not two" in got["failing"][0]["message"]
     assert got["skip_reasons"] == {"no device here": 1}
+
+
+def test_kernel_bench_runs_its_cases_on_the_kernels_host_build(tmp_path: Path) -> None:
+    """The script's figures and its comparison with the reference, through the CPU build of the kernel."""
+    out = tmp_path / "kernel.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "kernel_bench.py"), "--backend", "host",
+                           "--side", "512", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [c["case"] for c in result["cases"]] == ["256->224 float32", "256->224 float16", "448->224 float16",
+                                                    "224->224 float16", "512->224 float16"]
+    for c in result["cases"]:
+        assert c["kernel_tiles_per_s"] > 0 and c["reference_tiles_per_s"] > 0 and c["fraction_of_peak"] is None
+        assert c["vs_reference"]["tissue_count_mismatches"] == 0
+        assert c["vs_reference"].get("max_abs_diff", 0.0) <= 1e-5 and c["vs_reference"].get("max_ulps", 0) <= 1
+    assert result["cases"][0]["bytes_moved"] == 4 * (256 * 256 * 3 + 16 + 3 * 224 * 224 * 4 + 4)
