@@ -141,13 +141,14 @@ class CupyRunner:
         self.kernel = module.get_function("tile_batch_f32" if dtype == np.float32 else "tile_batch_f16")
         self.region, self.rects, self.dtype = region, rects, dtype
         self.plan = plan_launch(rects, SIZE)
+        self.mean, self.std = cp.asarray(MEAN, cp.float32), cp.asarray(STD, cp.float32)
 
     def _launch(self, d_region: Any, d_rects: Any, out: Any, count: Any) -> None:
-        cp, p = self.cp, self.plan
+        p = self.plan
         count.fill(0)
         self.kernel(p.grid, (p.block,), (
             d_region, np.int32(self.region.shape[1]), d_rects, np.int32(len(self.rects)), np.int32(SIZE),
-            cp.asarray(MEAN, cp.float32), cp.asarray(STD, cp.float32), np.float32(20.0), np.int32(p.taps),
+            self.mean, self.std, np.float32(20.0), np.int32(p.taps),
             np.int32(p.band_rows), np.int32(p.stage_bytes), out, count), shared_mem=p.shared_bytes)
 
     def _buffers(self) -> tuple[Any, Any, Any, Any]:

@@ -43,7 +43,10 @@ def find_nvcc() -> Path:
 
 
 def build_host_library(source: Path, cache_dir: Path, *, timeout: float = 300.0) -> Path:
-    """Compile ``source`` for the host into ``cache_dir`` (reused while source and flags are unchanged)."""
+    """Compile ``source`` for the host into ``cache_dir``, reused while source and flags are unchanged.
+
+    A new build replaces the earlier ones in ``cache_dir``; nvcc's failure raises with its messages.
+    """
     text = source.read_bytes()
     key = hashlib.sha256(text + "\0".join(HOST_FLAGS).encode()).hexdigest()[:20]
     lib = cache_dir / f"tiling_host-{key}.so"
@@ -60,6 +63,9 @@ def build_host_library(source: Path, cache_dir: Path, *, timeout: float = 300.0)
         if proc.returncode != 0:
             raise RuntimeError(f"nvcc could not build the host library from {source}:\n{proc.stderr[-4000:]}")
         atomic_write(lib, out.read_bytes(), 0o755)
+    for stale in cache_dir.glob("tiling_host-*.so"):  # builds of earlier sources
+        if stale != lib:
+            stale.unlink(missing_ok=True)
     return lib
 
 

@@ -35,10 +35,12 @@ def region() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def host(request: pytest.FixtureRequest) -> HostTiler:
-    """The host library, built once per source change into pytest's cache directory."""
+def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> HostTiler:
+    """The host library, built once per source change into pytest's cache directory (if the cache is on)."""
     _nvcc_or_skip()
-    return HostTiler(build_host_library(CU_SOURCE, request.config.cache.mkdir("tiling-host")))
+    cache = getattr(request.config, "cache", None)
+    build_dir = cache.mkdir("tiling-host") if cache is not None else tmp_path_factory.mktemp("tiling-host")
+    return HostTiler(build_host_library(CU_SOURCE, build_dir))
 
 
 @pytest.mark.parametrize("staging", ["shared", "global"])
@@ -89,7 +91,7 @@ def test_comparison_fails_on_a_broken_kernel(tmp_path: Path, region: np.ndarray,
         assert_matches_reference(got, tile_batch(region, rects, SIZE, MEAN, STD), SIZE)
 
 
-def test_build_is_cached_by_source(tmp_path: Path) -> None:
+def test_build_is_cached_by_source_and_replaced_when_it_changes(tmp_path: Path) -> None:
     _nvcc_or_skip()
     copy = tmp_path / "tiling.cu"
     copy.write_text(CU_SOURCE.read_text())
@@ -97,7 +99,8 @@ def test_build_is_cached_by_source(tmp_path: Path) -> None:
     stamp = first.stat().st_mtime_ns
     assert build_host_library(copy, tmp_path / "build") == first and first.stat().st_mtime_ns == stamp
     copy.write_text(CU_SOURCE.read_text() + "\n// changed\n")
-    assert build_host_library(copy, tmp_path / "build") != first
+    second = build_host_library(copy, tmp_path / "build")
+    assert second != first and sorted((tmp_path / "build").glob("*.so")) == [second]
 
 
 def test_plan_fits_shared_memory_and_covers_every_row() -> None:
@@ -131,3 +134,12 @@ def test_common_tiles_are_staged_in_shared_memory(host: HostTiler, region: np.nd
                                  tile_batch(big, rects, size, MEAN, STD), size)
         assert host.bands == (2 * plan.grid[0], 2 * plan.grid[0])
         assert plan.stage_bytes <= 3 * side * side + 16
+
+
+def test_a_source_nvcc_rejects_raises_with_its_messages(tmp_path: Path) -> None:
+    _nvcc_or_skip()
+    broken = tmp_path / "tiling.cu"
+    broken.write_text(CU_SOURCE.read_text().replace("struct Taps {", "struct Taps { not C++", 1))
+    with pytest.raises(RuntimeError, match=r"nvcc could not build the host library from .*tiling\.cu:\n.*error"):
+        build_host_library(broken, tmp_path / "build")
+    assert not list((tmp_path / "build").glob("*.so"))
