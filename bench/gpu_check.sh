@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One check of a GPU machine, from a fresh copy of the working tree, every figure in one JSON file.
 #
-#   bench/gpu_check.sh [--dry-run] [--out FILE] [--python EXE] [--budget SECONDS] [--work DIR]
+#   bench/gpu_check.sh [--dry-run] [--out FILE] [--python EXE] [--budget SECONDS] [--limit STEP=SECONDS]...
+#                      [--work DIR]
 #
 # Steps, in order of value, each under its own `timeout` and all under --budget (default 450 s):
 #   probe          what the machine has (bench/gpu/probe.py): GPU, nvcc, pycuda, TensorRT, ORT's CUDA provider
@@ -13,13 +14,16 @@
 #   tensorrt_tests the TensorRT build and inference tests, if `tensorrt` imports
 # A step that cannot run here is recorded as skipped with the reason. --dry-run runs only the probe,
 # records every other step as planned (command, time limit, and the reason it would be skipped here,
-# if any) and prints the JSON. The report goes to --out, else $OUT/gpu_check.json where $OUT is set,
-# else ./gpu_check.json. Exit status: 0 when no step failed or timed out, 1 otherwise, 2 on bad arguments.
+# if any) and prints the JSON. --limit changes one step's own limit (a slow machine's pycuda build, say).
+# The report goes to --out, else $OUT/gpu_check.json where $OUT is set, else ./gpu_check.json.
+# Exit status: 0 when no step failed or timed out, 1 otherwise, 2 on bad arguments.
 set -u -o pipefail
 
 usage() { sed -n '2,/^set -u/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 dry_run=0 out="" py=${PYTHON:-python3} budget=450 work=""
+order="probe pycuda_build gpu_tests tiling_kernel ort_cuda tensorrt_tests"
+declare -A limits=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry_run=1 ;;
@@ -27,9 +31,17 @@ while [ $# -gt 0 ]; do
         --python) [ $# -ge 2 ] || { echo "gpu_check.sh: --python needs an interpreter" >&2; exit 2; }; py=$2; shift ;;
         --budget) [ $# -ge 2 ] || { echo "gpu_check.sh: --budget needs seconds" >&2; exit 2; }; budget=$2; shift ;;
         --work) [ $# -ge 2 ] || { echo "gpu_check.sh: --work needs a folder" >&2; exit 2; }; work=$2; shift ;;
+        --limit)
+            [ $# -ge 2 ] || { echo "gpu_check.sh: --limit needs STEP=SECONDS" >&2; exit 2; }
+            name=${2%%=*} seconds=${2#*=}
+            case " $order " in *" $name "*) ;; *)
+                echo "gpu_check.sh: --limit names no step: '$name' (steps: $order)" >&2; exit 2 ;; esac
+            case $seconds in ''|*[!0-9]*)
+                echo "gpu_check.sh: --limit $name needs whole seconds, got '$seconds'" >&2; exit 2 ;; esac
+            limits[$name]=$seconds; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$1' (valid: --dry-run, --out FILE, --python EXE," \
-                "--budget SECONDS, --work DIR, --help)" >&2; exit 2 ;;
+                "--budget SECONDS, --limit STEP=SECONDS, --work DIR, --help)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -49,14 +61,13 @@ start=$(date +%s)
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"
-order="probe pycuda_build gpu_tests tiling_kernel ort_cuda tensorrt_tests"
 failed=0
 
 report() { "$py" "$repo/bench/gpu/report.py" "$@"; }
 
 # run_step NAME LIMIT SKIP_REASON -- COMMAND...: run COMMAND under `timeout`, record the step.
 run_step() {
-    local name=$1 limit=$2 skip=$3
+    local name=$1 limit=${limits[$1]:-$2} skip=$3
     shift 4
     local cmd left t0 rc status extra=()
     cmd=$(printf '%q ' "$@")
@@ -115,6 +126,9 @@ if [ "$dry_run" = 0 ] && [ -z "$skip" ] && [ -f "$logs/pycuda_build.log" ] && gr
     else
         PYCUDA_WHY="built, but import pycuda.driver failed: $(tail -n 1 "$logs/pycuda_import.log")"
     fi
+fi
+if [ "$dry_run" = 0 ] && [ -f "$steps/pycuda_build.json" ] && ! grep -q '"status": "\(ok\|skipped\)"' "$steps/pycuda_build.json"; then
+    PYCUDA_WHY="the pycuda_build step did not succeed (its log_tail says why)"
 fi
 no_pycuda=$no_gpu
 [ -z "$no_pycuda" ] && [ "$HAVE_PYCUDA" = 0 ] && [ "$dry_run" = 0 ] && no_pycuda="pycuda unavailable: $PYCUDA_WHY"

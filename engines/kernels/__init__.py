@@ -2,7 +2,9 @@
 
 ``reference`` is the NumPy implementation that runs everywhere; ``tiling.cu``
 is the CUDA kernel with the same contract, launched by ``cuda`` (pycuda, the
-``gpu`` extra, imported only when asked for).
+``gpu`` extra, imported only when asked for) with the geometry ``plan``
+computes; ``host`` compiles the same source for the CPU, so the kernel's
+arithmetic is tested on machines without a GPU (docs/tiling_kernel.md).
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@
 // file instead exports `tiling_host_run`, a C loop that plays every block on
 // the CPU with the same functions (engines/kernels/host.py loads it).
 //
-// Launch (engines/kernels/plan.py): grid (ceil(S / band_rows), N), blockDim.x
-// a multiple of 32, dynamic shared memory `shared_bytes(size, taps, band_rows,
-// stage_bytes)`.
+// Launch (engines/kernels/plan.py): grid (ceil(S / band_rows), N), 256
+// threads (a multiple of 32, at most the __launch_bounds__), dynamic shared
+// memory layout(size, taps, band_rows, stage_bytes).total bytes.
 #include <cuda_fp16.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -63,11 +63,13 @@ def test_dry_run_prints_the_plan_with_why_each_step_would_be_skipped(tmp_path: P
 
 
 def test_dry_run_with_a_gpu_plans_the_kernel_steps_and_names_missing_runtimes(tmp_path: Path) -> None:
-    proc = run(tmp_path, "--dry-run", "--out", str(tmp_path / "plan.json"), fake_gpu=True)
+    proc = run(tmp_path, "--dry-run", "--out", str(tmp_path / "plan.json"), "--limit", "pycuda_build=600",
+               fake_gpu=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["machine"]["gpu"]["name"] == "NVIDIA H200"
     s = steps(report)
+    assert s["pycuda_build"]["limit_s"] == 600 and s["gpu_tests"]["limit_s"] == 120
     for name in ("pycuda_build", "gpu_tests", "tiling_kernel"):
         assert s[name]["status"] == "planned" and "reason" not in s[name], s[name]
     assert "no CUDAExecutionProvider (install onnxruntime-gpu)" in s["ort_cuda"]["reason"]
@@ -95,7 +97,8 @@ def test_a_failed_step_is_recorded_with_its_log_and_its_dependents_skipped(tmp_p
     assert s["pycuda_build"]["status"] == "failed" and s["pycuda_build"]["reason"] == "exit status 2"
     assert f"no cuda.h under {empty_cuda}/include" in s["pycuda_build"]["log_tail"]
     for name in ("gpu_tests", "tiling_kernel"):
-        assert s[name]["status"] == "skipped" and s[name]["reason"].startswith("pycuda unavailable"), s[name]
+        assert s[name]["status"] == "skipped", s[name]
+        assert s[name]["reason"] == "pycuda unavailable: the pycuda_build step did not succeed (its log_tail says why)"
     assert s["tensorrt_tests"]["status"] == "skipped"
 
 
@@ -106,6 +109,8 @@ def test_a_failed_step_is_recorded_with_its_log_and_its_dependents_skipped(tmp_p
         (["--fast"], "unknown argument '--fast' (valid: --dry-run, --out FILE"),
         (["--out"], "--out needs a file name"),
         (["--python", "/nonexistent/python"], "no Python interpreter '/nonexistent/python'"),
+        (["--limit", "compile=60"], "--limit names no step: 'compile' (steps: probe pycuda_build"),
+        (["--limit", "gpu_tests=1m"], "--limit gpu_tests needs whole seconds, got '1m'"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(tmp_path: Path, args: list[str], message: str) -> None:
