@@ -126,8 +126,7 @@ if [ "$dry_run" = 0 ] && [ -z "$skip" ] && [ -f "$logs/pycuda_build.log" ] && gr
     else
         PYCUDA_WHY="built, but import pycuda.driver failed: $(tail -n 1 "$logs/pycuda_import.log")"
     fi
-fi
-if [ "$dry_run" = 0 ] && [ -f "$steps/pycuda_build.json" ] && ! grep -q '"status": "\(ok\|skipped\)"' "$steps/pycuda_build.json"; then
+elif [ "$dry_run" = 0 ] && [ -z "$skip" ]; then
     PYCUDA_WHY="the pycuda_build step did not succeed (its log_tail says why)"
 fi
 no_pycuda=$no_gpu

@@ -5,8 +5,9 @@
 #   bench/gpu/build_pycuda.sh PYTHON WORKDIR SITEDIR
 #
 # The extension is built in place in WORKDIR/src/pycuda-<version> (build_ext -j, all
-# cores), its pure-Python dependencies installed from the wheelhouse into SITEDIR; the
-# last line printed is the PYTHONPATH entry list to use: SITEDIR:SOURCE.
+# cores), its pure-Python dependencies installed from the wheelhouse into SITEDIR, and
+# pycuda.driver loaded and initialized once; the last line printed is the PYTHONPATH
+# entry list to use: SITEDIR:SOURCE.
 set -euo pipefail
 py=$1 work=$2 site=$3
 wheelhouse=$(cd "$(dirname "$0")" && pwd)/wheelhouse
@@ -46,4 +47,7 @@ src=${src%/}
 )
 "$py" -m pip install --quiet --no-index --no-compile --find-links "$wheelhouse" --target "$site" \
     pytools mako platformdirs >&2
+# built is not enough: it must load against this machine's driver
+PYTHONPATH="$site:$src${PYTHONPATH:+:$PYTHONPATH}" "$py" -c \
+    "import pycuda.driver as d; d.init(); print('pycuda', d.get_version(), d.get_driver_version(), d.Device.count(), 'device(s)')" >&2
 echo "$site:$src"
