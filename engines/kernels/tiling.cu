@@ -66,6 +66,14 @@ __host__ __device__ inline float add_rn(float a, float b) {
 #endif
 }
 
+__host__ __device__ inline double dmul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);  // never fused into the subtractions that use the centre
+#else
+    return a * b;
+#endif
+}
+
 __host__ __device__ inline double triangle(double x) {
     x = fabs(x);
     return x < 1.0 ? 1.0 - x : 0.0;
@@ -77,7 +85,7 @@ __host__ __device__ inline double triangle(double x) {
 __host__ __device__ inline Taps axis_taps(int o, int in_len, int out_len, int max_taps, float* w) {
     const double scale = (double)in_len / out_len;
     const double support = scale > 1.0 ? scale : 1.0;
-    const double centre = (o + 0.5) * scale;
+    const double centre = dmul_rn(o + 0.5, scale);
     int lo = (int)floor(centre - support + 0.5);
     int hi = (int)floor(centre + support + 0.5);
     lo = lo < 0 ? 0 : lo;

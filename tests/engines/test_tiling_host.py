@@ -75,7 +75,7 @@ def test_host_kernel_over_many_bands_and_odd_sizes(host: HostTiler, region: np.n
     "original, broken",
     [
         ("return x < 1.0 ? 1.0 - x : 0.0;", "return x < 1.0 ? 1.0 - 0.9 * x : 0.0;"),  # a wrong filter weight
-        ("const double centre = (o + 0.5) * scale;", "const double centre = o * scale;"),  # a shifted window
+        ("const double centre = dmul_rn(o + 0.5, scale);", "const double centre = dmul_rn(o, scale);"),  # shifted
     ],
 )
 def test_comparison_fails_on_a_broken_kernel(tmp_path: Path, region: np.ndarray, original: str, broken: str) -> None:
