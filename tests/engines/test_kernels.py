@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -117,6 +118,23 @@ def test_nvcc_compiles_tiling_kernel(arch: str, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 0
+
+
+def test_device_code_rounds_like_the_host_build(tmp_path: Path) -> None:
+    """No fused multiply-add in the device code: every multiply rounds (.rn), as on the host and in NumPy.
+
+    The host build is compared with the reference on every machine; this keeps the GPU's bits the same.
+    """
+    nvcc = NVCC if NVCC.exists() else shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed (/usr/local/bin/nvcc absent and none on PATH)")
+    ptx = tmp_path / "tiling.ptx"
+    proc = subprocess.run([str(nvcc), "-ptx", "-arch=sm_90", "-o", str(ptx), str(CU_SOURCE)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ops = re.findall(r"\b(fma|mul)((?:\.[a-z0-9]+)*)\.f(?:32|64)\b", ptx.read_text())
+    assert ops, "no floating-point multiplies found in the PTX"
+    assert all(op == "mul" and ".rn" in mods for op, mods in ops), sorted(set(ops))
 
 
 @pytest.mark.gpu
