@@ -103,7 +103,10 @@ run_step() {
         --command "$cmd" --log "$logs/$name.log" "${extra[@]}"
 }
 
-# probe: always run; its findings choose and skip the other steps.
+# probe: always run; its findings choose and skip the other steps (defaults if it fails).
+HAVE_GPU=0 HAVE_PYCUDA=0 HAVE_TENSORRT=0 HAVE_ORT_CUDA=0 HAVE_NVCC=0 HAVE_CUPY=0 PROJECT_MISSING=""
+GPU_WHY="the probe failed" PYCUDA_WHY="the probe failed" TENSORRT_WHY="the probe failed" ORT_CUDA_WHY="the probe failed"
+NVCC_WHY="the probe failed"
 if ! findings=$(timeout 120 "$py" "$repo/bench/gpu/probe.py" --shell --json "$work/probe.result.json" 2>"$logs/probe.log"); then
     echo "gpu_check.sh: the probe failed: $(tail -c 2000 "$logs/probe.log")" >&2
     failed=1

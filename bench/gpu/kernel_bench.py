@@ -209,7 +209,7 @@ class HostRunner:
         return statistics.median(times)
 
 
-RUNNERS = {"pycuda": PycudaRunner, "cupy": CupyRunner, "host": HostRunner}
+RUNNERS: dict[str, type[Any]] = {"pycuda": PycudaRunner, "cupy": CupyRunner, "host": HostRunner}
 
 
 def compare(got: TileBatch, want: TileBatch) -> dict[str, Any]:

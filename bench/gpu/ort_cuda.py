@@ -71,15 +71,15 @@ def main() -> None:
                 for p in (tile_onnx, mil_onnx)]
         cpu = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (tile_onnx, mil_onnx)]
     assert cuda[0].get_providers()[0] == "CUDAExecutionProvider", cuda[0].get_providers()
-    slide(*cuda, tiles[: 2 * args.batch], args.batch)  # warm-up: cuDNN algorithm search, allocations
-    enc_s, prob_gpu, total_s = slide(*cuda, tiles, args.batch)
+    slide(cuda[0], cuda[1], tiles[: 2 * args.batch], args.batch)  # warm-up: cuDNN algorithm search, allocations
+    enc_s, prob_gpu, total_s = slide(cuda[0], cuda[1], tiles, args.batch)
     first = tiles[: args.batch]
     cpu_t = time.perf_counter()
     emb_cpu = cpu[0].run(None, {"image": first})[0]
     cpu_batch_s = time.perf_counter() - cpu_t
     emb_gpu = cuda[0].run(None, {"image": first})[0]
-    _, prob_cpu, _ = slide(*cpu, tiles[: 4 * args.batch], args.batch)
-    _, prob_gpu_small, _ = slide(*cuda, tiles[: 4 * args.batch], args.batch)
+    _, prob_cpu, _ = slide(cpu[0], cpu[1], tiles[: 4 * args.batch], args.batch)
+    _, prob_gpu_small, _ = slide(cuda[0], cuda[1], tiles[: 4 * args.batch], args.batch)
     result = {"onnxruntime": ort.__version__, "tiles": args.tiles, "batch": args.batch,
               "encoder_tiles_per_s": round(args.tiles / enc_s, 1), "slide_seconds": round(total_s, 3),
               "cpu_encoder_tiles_per_s": round(args.batch / cpu_batch_s, 1),

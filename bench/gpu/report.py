@@ -27,7 +27,8 @@ def junit_summary(path: Path) -> dict[str, Any]:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failing, skips = [], {}
+    failing: list[dict[str, str]] = []
+    skips: dict[str, int] = {}
     for tc in root.iter("testcase"):
         name = f"{tc.get('classname', '')}::{tc.get('name', '')}"
         for bad in [*tc.findall("failure"), *tc.findall("error")]:
