@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 GPU_STEPS = ("pycuda_build", "gpu_tests", "tiling_kernel", "ort_cuda", "tensorrt_tests")
 
-pytestmark = pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU driver")
+#: the tests that expect what a machine without a GPU (or with a stand-in one) has
+without_gpu = pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU driver")
 
 
 def run(tmp_path: Path, *args: str, fake_gpu: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +48,7 @@ def steps(report: dict[str, Any]) -> dict[str, Any]:
     return dict(report["steps"])
 
 
+@without_gpu
 def test_dry_run_prints_the_plan_with_why_each_step_would_be_skipped(tmp_path: Path) -> None:
     proc = run(tmp_path, "--dry-run", "--out", str(tmp_path / "plan.json"))
     assert proc.returncode == 0, proc.stderr
@@ -62,6 +64,7 @@ def test_dry_run_prints_the_plan_with_why_each_step_would_be_skipped(tmp_path: P
     assert not list(tmp_path.glob("gpu_check.*")), "a dry run leaves no work folder behind"
 
 
+@without_gpu
 def test_dry_run_with_a_gpu_plans_the_kernel_steps_and_names_missing_runtimes(tmp_path: Path) -> None:
     proc = run(tmp_path, "--dry-run", "--out", str(tmp_path / "plan.json"), "--limit", "pycuda_build=600",
                fake_gpu=True)
@@ -76,6 +79,7 @@ def test_dry_run_with_a_gpu_plans_the_kernel_steps_and_names_missing_runtimes(tm
     assert "the tensorrt package is not installed" in s["tensorrt_tests"]["reason"]
 
 
+@without_gpu
 def test_run_without_a_gpu_skips_every_gpu_step_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "out" / "gpu_check.json"
     proc = run(tmp_path, "--out", str(out), "--budget", "60")
@@ -87,6 +91,7 @@ def test_run_without_a_gpu_skips_every_gpu_step_and_writes_the_report(tmp_path: 
         assert steps(report)[name]["reason"].startswith("no GPU: nvidia-smi not found")
 
 
+@without_gpu
 def test_a_failed_step_is_recorded_with_its_log_and_its_dependents_skipped(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     empty_cuda = tmp_path / "cuda"
