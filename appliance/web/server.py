@@ -24,9 +24,11 @@ class WebServer:
 
     name = "web"
 
-    def __init__(self, app: FastAPI, host: str, port: int, start_timeout: float = 15.0) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, start_timeout: float = 15.0,
+                 max_connections: int | None = None) -> None:
         self.app, self.host, self.requested_port = app, host, port
         self.start_timeout = start_timeout
+        self.max_connections = max_connections
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = port
@@ -36,7 +38,7 @@ class WebServer:
             return
         config = uvicorn.Config(
             self.app, host=self.host, port=self.requested_port, log_level="warning", lifespan="off",
-            access_log=False, timeout_graceful_shutdown=3,
+            access_log=False, timeout_graceful_shutdown=3, limit_concurrency=self.max_connections,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -74,4 +76,5 @@ class WebServer:
 
 def web_component(config: Config, store: StateStore) -> WebServer:
     """The dashboard on ``[web] host`` and ``port`` for ``appliance.service``."""
-    return WebServer(create_app(config, store), config.web.host, config.web.port)
+    return WebServer(create_app(config, store), config.web.host, config.web.port,
+                     max_connections=config.web.max_connections)

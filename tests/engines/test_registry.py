@@ -201,7 +201,7 @@ def test_a_reader_never_sees_a_half_swapped_engine(tmp_path: Path, registry: Reg
     thread.start()
     try:
         for i in range(100):
-            registry.activate("test_task", "2" if i % 2 == 0 else "1", "alice")
+            registry.activate("test_task", "2" if i % 2 == 0 else "1", "alice", allow_downgrade=True)
     finally:
         stop.set()
         thread.join(timeout=60)
