@@ -36,9 +36,12 @@ _HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarf
                  tarfile.GNUTYPE_LONGLINK)
 
 
-def _sparse(member: tarfile.TarInfo) -> BundleRejected:
-    claimed = getattr(member, "_sparse_structs", (None, None, member.size))[2]  # old GNU: the expanded size
-    return BundleRejected(f"tar member {member.name!r} is a sparse file (it claims {claimed} bytes); "
+def _sparse(member: tarfile.TarInfo, pax_headers: dict[str, str] | None = None) -> BundleRejected:
+    pax = pax_headers or {}
+    name = pax.get("GNU.sparse.name", member.name)
+    claimed = (pax.get("GNU.sparse.realsize") or pax.get("GNU.sparse.size")  # PAX forms 1.0 and 0.x
+               or getattr(member, "_sparse_structs", (None, None, member.size))[2])  # old GNU form
+    return BundleRejected(f"tar member {name!r} is a sparse file (it claims {claimed} bytes); "
                           "only regular files are allowed")
 
 
@@ -51,10 +54,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
                                  f"{MAX_HEADER_BYTES} bytes")
         return super()._proc_member(tarfile)  # type: ignore[misc]
 
-    def _refuse_sparse(self, *args: Any) -> NoReturn:
+    def _proc_sparse(self, tarfile: tarfile.TarFile) -> NoReturn:
         raise _sparse(self)
 
-    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+    def _refuse_pax_sparse(self, next: tarfile.TarInfo, pax_headers: dict[str, str], *args: Any) -> NoReturn:
+        raise _sparse(next, pax_headers)
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_pax_sparse
 
 
 class BundleSource:
