@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from engines._sources import MAX_BUNDLE_BYTES, MAX_MEMBERS, BundleSource, open_source
-from engines.files import atomic_write, copy_stream, fsync_dir, sha256_file
+from engines.files import CHUNK, atomic_write, copy_stream, fsync_dir, sha256_file
 from engines.errors import BundleRejected, EngineError
 from engines.manifest import (
     FILE_RE,
@@ -263,8 +263,11 @@ def verify_directory(root: Path, trusted_keys_dir: Path) -> VerifiedBundle:
     with open_source(root) as source:
         manifest, signer, _, _ = _signed_manifest(source, trusted_keys_dir)
         for name, expected in sorted(manifest.files.items()):
+            digest = hashlib.sha256()
             with source.open(name) as stream:
-                actual = hashlib.file_digest(stream, "sha256").hexdigest()
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+            actual = digest.hexdigest()
             if actual != expected:
                 raise _hash_mismatch(manifest, name, expected, actual)
     return VerifiedBundle(root=root, manifest=manifest, signer=signer)
