@@ -391,3 +391,23 @@ def test_bundle_path_errors_do_not_list_other_entries(site: dict[str, Any], tmp_
                        timeout=60)
         assert r.status_code == 400 and reason in r.text, r.text
         assert "SMITH" not in r.text and "passwd" not in r.text and "hostname" not in r.text, r.text
+
+
+def test_uploaded_sparse_bundle_is_refused_writing_nothing(served: dict[str, Any], tmp_path: Path) -> None:
+    """Finding 9 over HTTP: a ~10 KB tar whose sparse member claims 2 GiB; refused, nothing staged."""
+    gnu_tar = Path("/usr/bin/tar")
+    if not gnu_tar.is_file():
+        pytest.skip(f"{gnu_tar} (GNU tar) is not installed")
+    trusted = served["data_dir"] / "trusted_keys"
+    bundle = make_bundle(tmp_path / "b", keypair(trusted, f"vendor{time.monotonic_ns()}"))
+    with open(bundle / "model.onnx", "r+b") as model:
+        model.truncate(2 * 1024**3)
+    tar = tmp_path / "sparse.tar"
+    subprocess.run([str(gnu_tar), "--sparse", "-cf", str(tar), "-C", str(bundle), "."], check=True)
+    assert tar.stat().st_size < 64 * 1024
+    r = httpx.post(served["url"] + "/engines/install", content=tar.read_bytes(), timeout=60,
+                   headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-tar"})
+    assert r.status_code == 400 and "sparse file" in r.text and "2147483648" in r.text, r.text
+    staging = served["data_dir"] / "engines" / ".staging"
+    assert not list(staging.rglob("*")), "the refused bundle wrote into engines/.staging"
+    assert not list((served["data_dir"] / "uploads").glob("*"))
