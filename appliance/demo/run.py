@@ -29,6 +29,7 @@ from appliance.demo._pacs import LocalPacs, SrArrival, free_port, start_pacs
 from appliance.demo._quiet import output_to_log
 from appliance.demo._scanner import SCANNER_AE_TITLE, DemoStudy, send_study, write_dce_study, write_slide_study
 from appliance.service import Service
+from appliance.web import scrub
 
 __all__ = ["DEMO_NOTICE", "DEFAULT_DATA_DIR", "DemoOutcome", "DemoRow", "demo_config", "ensure_engines",
            "results_table", "run_demo", "running_demo", "wait_for_results"]
@@ -142,7 +143,7 @@ def _row(service: Service, pacs: LocalPacs, study: DemoStudy) -> DemoRow:
     state = str(job["state"])
     if state == "running" and job["progress_total"]:
         state = f"running {job['progress_done']}/{job['progress_total']}"
-    row = DemoRow(str(job["id"]), study.pipeline, state, reason=str(job["reason"] or ""))
+    row = DemoRow(str(job["id"]), study.pipeline, state, reason=scrub(job["reason"]))
     result = json.loads(job["result"] or "{}")
     findings = [f for f in result.get("findings", []) if f.get("pipeline") == study.pipeline] or result.get("findings", [])
     if findings:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -57,6 +58,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 UPLOAD_PREFIX = "upload-"
+SPACE_CHECK_BYTES = 16 << 20
 
 
 class SecurityHeaders:
@@ -157,17 +159,28 @@ def clear_uploads(data_dir: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-async def receive_upload(request: Request, data_dir: Path, limit: int) -> Path:
+def _check_space(directory: Path, coming: int, keep_free: int) -> None:
+    """507 when writing ``coming`` more bytes would leave less than ``keep_free`` (the node's floor)."""
+    free = shutil.disk_usage(directory).free
+    if free - coming < keep_free:
+        raise HTTPException(507, f"not enough free disk for the upload: {free} bytes free, the node keeps "
+                                 f"[node] min_free_bytes = {keep_free}", headers=CLOSE)
+
+
+async def receive_upload(request: Request, data_dir: Path, limit: int, keep_free: int = 0) -> Path:
     """Stream the request body to a new file under ``<data_dir>/uploads``; 413 (nothing left) beyond ``limit``.
 
-    The caller removes the file when it is done with it.
+    Refused with 507 when it would take the disk below ``keep_free`` bytes (checked
+    up front from Content-Length and every 16 MiB). The caller removes the file.
     """
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         raise HTTPException(413, f"upload of {declared} bytes is larger than [web] max_upload_bytes = {limit}",
                             headers=CLOSE)
-    fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".tar", dir=_uploads_dir(data_dir))
-    path, size = Path(name), 0
+    directory = _uploads_dir(data_dir)
+    _check_space(directory, declared or 0, keep_free)
+    fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".tar", dir=directory)
+    path, size, checked = Path(name), 0, 0
     try:
         with os.fdopen(fd, "wb") as out:
             async for chunk in request.stream():
@@ -175,6 +188,9 @@ async def receive_upload(request: Request, data_dir: Path, limit: int) -> Path:
                 if size > limit:
                     raise HTTPException(413, f"upload is larger than [web] max_upload_bytes = {limit}",
                                         headers=CLOSE)
+                if size - checked >= SPACE_CHECK_BYTES:
+                    _check_space(directory, 0, keep_free)
+                    checked = size
                 out.write(chunk)
         if size == 0:
             raise HTTPException(400, "the body must be a bundle .tar; it is empty")

@@ -197,7 +197,8 @@ def create_app(
             manifest = await run_in_threadpool(
                 _call, lambda: _registry(config, store).install(path, actor, allow_downgrade=downgrade))
         else:
-            path = await receive_upload(request, config.data_dir, config.web.max_upload_bytes)
+            path = await receive_upload(request, config.data_dir, config.web.max_upload_bytes,
+                                        config.node.min_free_bytes)
             try:
                 manifest = await run_in_threadpool(
                     _call, lambda: _registry(config, store).install(path, actor, allow_downgrade=downgrade))

@@ -411,3 +411,17 @@ def test_uploaded_sparse_bundle_is_refused_writing_nothing(served: dict[str, Any
     staging = served["data_dir"] / "engines" / ".staging"
     assert not list(staging.rglob("*")), "the refused bundle wrote into engines/.staging"
     assert not list((served["data_dir"] / "uploads").glob("*"))
+
+
+def test_upload_that_would_fill_the_spool_disk_gets_507(data_dir: Path) -> None:
+    config = parse_config({"node": {"data_dir": str(data_dir), "min_free_bytes": 2**62},
+                           "web": {"port": 0, "token": TOKEN}})
+    server = WebServer(create_app(config, StateStore.for_data_dir(data_dir)), "127.0.0.1", 0)
+    server.start()
+    try:
+        r = httpx.post(server.url + "/engines/install", content=b"x" * 4096, timeout=15,
+                       headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-tar"})
+    finally:
+        server.stop()
+    assert r.status_code == 507 and "min_free_bytes" in r.text
+    assert not list((data_dir / "uploads").glob("*"))
