@@ -37,6 +37,7 @@ __all__ = [
     "SecurityHeaders",
     "authenticate",
     "clear_uploads",
+    "is_form",
     "read_form",
     "receive_upload",
 ]
@@ -88,7 +89,8 @@ def _declared_length(request: Request) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def _is_form(request: Request) -> bool:
+def is_form(request: Request) -> bool:
+    """Whether the body is declared ``application/x-www-form-urlencoded``."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_TYPE
 
 
@@ -102,7 +104,7 @@ def _unauthorised(detail: str) -> HTTPException:
 
 async def read_form(request: Request, limit: int) -> dict[str, str]:
     """A form body as a dict (first value of each field), read at most ``limit`` bytes; 413 beyond."""
-    if not _is_form(request):
+    if not is_form(request):
         return {}
     declared = _declared_length(request)
     if declared is not None and declared > limit:
@@ -133,7 +135,7 @@ async def authenticate(settings: WebSettings, request: Request) -> tuple[str, di
             raise _unauthorised("a valid token is required for changes")
         return f"web:{client}", await read_form(request, settings.max_form_bytes)
     declared = _declared_length(request)
-    if not _is_form(request) or declared is None or declared > settings.max_form_bytes:
+    if not is_form(request) or declared is None or declared > settings.max_form_bytes:
         raise _unauthorised(
             "a valid token is required for changes: an Authorization: Bearer header, or a token field in a form "
             f"body of at most {settings.max_form_bytes} bytes with a Content-Length"

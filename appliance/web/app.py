@@ -28,7 +28,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance.config import Config
 from appliance.jobs import JobQueue, backpressure
 from appliance.state import StateStore
-from appliance.web._guard import CLOSE, SECURITY_HEADERS, SecurityHeaders, authenticate, clear_uploads, receive_upload
+from appliance.web._guard import (
+    CLOSE,
+    SECURITY_HEADERS,
+    SecurityHeaders,
+    authenticate,
+    clear_uploads,
+    is_form,
+    receive_upload,
+)
 from appliance.web._metrics import free_bytes, metrics_registry
 from appliance.web._scrub import scrub, scrub_rows
 
@@ -189,7 +197,7 @@ def create_app(
         """Install a bundle: a ``.tar`` as the request body, or a ``bundle_path`` form field on this machine."""
         actor, form = await authenticate(config.web, request)
         downgrade = _allow_downgrade(request, form)
-        if form or request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        if form or is_form(request):
             path = Path(form.get("bundle_path", ""))
             if not form.get("bundle_path") or not path.is_absolute() or not path.exists():
                 raise HTTPException(400, "bundle_path must be the absolute path of a bundle directory or .tar "
