@@ -168,7 +168,8 @@ class _TarSource(BundleSource):
             self.tar = tarfile.open(path, "r:", tarinfo=_BoundedTarInfo)
         except (tarfile.TarError, OSError) as exc:
             raise BundleRejected(
-                f"{path.name!r} is neither a bundle directory nor a readable uncompressed tar: {exc}"
+                f"{path.name!r} is neither a bundle directory nor a readable uncompressed tar "
+                f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
             ) from None
         try:
             self.members = _flat_members(_scan_tar(self.tar))
