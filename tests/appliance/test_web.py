@@ -368,12 +368,20 @@ def test_downgrade_over_the_web_needs_allow_downgrade(site: dict[str, Any], tmp_
                       timeout=30).status_code == 200
     r = httpx.post(url + "/engines/activate", content="task=test_task&version=1.0.0", headers=form, timeout=30)
     assert r.status_code == 400 and "older than" in r.text
+    assert 'name="allow_downgrade"' in httpx.get(url + "/engines", timeout=15).text
     r = httpx.post(url + "/engines/activate?allow_downgrade=yes", content="task=test_task&version=1.0.0",
                    headers=form, timeout=30)
     assert r.status_code == 200
+    browser_form = {"Content-Type": "application/x-www-form-urlencoded"}  # the page's form: token as a field
+    assert httpx.post(url + "/engines/activate", content=f"task=test_task&version=2.0.0&token={TOKEN}",
+                      headers=browser_form, timeout=30).status_code == 303
+    r = httpx.post(url + "/engines/activate", headers=browser_form, timeout=30,
+                   content=f"task=test_task&version=1.0.0&token={TOKEN}&allow_downgrade=1")
+    assert r.status_code == 303 and "activated" in r.headers["location"]
     rows = site["store"].query("select action, detail from audit where action in ('engine_install', 'engine_activate')")
     forced = [(row["action"], json.loads(row["detail"])) for row in rows if "downgrade_from" in row["detail"]]
-    assert [(a, d["downgrade_from"]) for a, d in forced] == [("engine_install", "2.0.0"), ("engine_activate", "2.0.0")]
+    assert [(a, d["downgrade_from"]) for a, d in forced] == [
+        ("engine_install", "2.0.0"), ("engine_activate", "2.0.0"), ("engine_activate", "2.0.0")]
 
 
 def test_bundle_path_errors_do_not_list_other_entries(site: dict[str, Any], tmp_path: Path) -> None:
