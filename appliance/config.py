@@ -150,8 +150,10 @@ class WebSettings(_Section):
     max_form_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
     #: largest bundle .tar uploaded to /engines/install, streamed to <data_dir>/uploads; larger: 413
     max_upload_bytes: Annotated[int, Field(ge=1)] = 4 * 1024**3
-    #: most connections the dashboard serves at once; beyond it uvicorn answers 503
+    #: most dashboard connections open at once; more are closed as they are accepted
     max_connections: Annotated[int, Field(ge=1)] = 64
+    #: a connection that has not sent its request head within this many seconds is closed
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
 class Config(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -210,6 +211,8 @@ def test_healthz_fails_when_disk_is_below_limit(data_dir: Path) -> None:
 
 DECLARED = 512 * 1024**2  # the body a hostile client announces
 UPLOAD_CAP = 4 * 1024**2
+MAX_CONNECTIONS = 16
+HEADER_TIMEOUT = 2.0
 
 
 def _cli(*args: str) -> list[str]:
@@ -231,7 +234,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     data_dir, web_port, node_port = root / "var", free_port(), free_port()
     cfg = root / "appliance.toml"
     cfg.write_text(f'[node]\ndata_dir = "{data_dir}"\nport = {node_port}\nmin_free_bytes = 1\n'
-                   f'[web]\nport = {web_port}\ntoken = "{TOKEN}"\nmax_upload_bytes = {UPLOAD_CAP}\n')
+                   f'[web]\nport = {web_port}\ntoken = "{TOKEN}"\nmax_upload_bytes = {UPLOAD_CAP}\n'
+                   f'max_connections = {MAX_CONNECTIONS}\nheader_timeout_seconds = {HEADER_TIMEOUT}\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(_cli("serve", "--config", str(cfg)), cwd=root, env=env, stdout=log, stderr=log)
@@ -433,3 +437,30 @@ def test_upload_that_would_fill_the_spool_disk_gets_507(data_dir: Path) -> None:
         server.stop()
     assert r.status_code == 507 and "min_free_bytes" in r.text
     assert not list((data_dir / "uploads").glob("*"))
+
+
+def _closed_by_server(socks: list[socket.socket], until: float, want: int) -> set[socket.socket]:
+    """The sockets the server closed (readable at EOF) by ``until`` (monotonic), stopping once ``want`` are."""
+    closed: set[socket.socket] = set()
+    while len(closed) < want and time.monotonic() < until:
+        readable, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.1)
+        for sock in readable:
+            assert sock.recv(1) == b"", "the server sent something to a silent connection"
+            closed.add(sock)
+    return closed
+
+
+def test_idle_connections_are_bounded_and_closed(served: dict[str, Any]) -> None:
+    """Silent connections cannot pile up in the node's process: capped, and closed after the head timeout."""
+    socks = [socket.create_connection(("127.0.0.1", served["port"]), timeout=20) for _ in range(3 * MAX_CONNECTIONS)]
+    try:
+        started = time.monotonic()
+        early = _closed_by_server(socks, started + HEADER_TIMEOUT / 2, 2 * MAX_CONNECTIONS)
+        assert len(early) >= 2 * MAX_CONNECTIONS - 1, f"only {len(early)} connections over the cap were closed at once"
+        closed = _closed_by_server(socks, started + HEADER_TIMEOUT + 15, len(socks))
+        assert len(closed) == len(socks), f"{len(socks) - len(closed)} silent connections still open"
+        assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
+    finally:
+        for sock in socks:
+            sock.close()
+    assert httpx.get(served["url"] + "/healthz", timeout=15).status_code in (200, 503)
