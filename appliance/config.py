@@ -145,6 +145,15 @@ class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     token: str = ""  #: empty: read-only pages only, no engine upload
+    #: largest form body (activate, roll back, install by path); the only body read before the token
+    #: check, and only when it carries the token field; larger: 413, or 401 unread without a Bearer header
+    max_form_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
+    #: largest bundle .tar uploaded to /engines/install, streamed to <data_dir>/uploads; larger: 413
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 4 * 1024**3
+    #: most dashboard connections open at once; more are closed as they are accepted
+    max_connections: Annotated[int, Field(ge=1)] = 64
+    #: a connection that has not sent its request head within this many seconds is closed
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
 class Config(_Section):

@@ -2,46 +2,54 @@
 
 A bundle is a flat directory (or a ``.tar`` of it, optionally with one
 top-level folder) holding ``manifest.json``, ``manifest.sig`` and exactly the
-files the manifest lists. Verification checks, in order: the file set is
-regular files only, the signature over the canonical manifest bytes verifies
-against a trusted key, every manifest field, no missing or extra file, and the
-sha256 of every file. Nothing in a bundle (a TensorRT plan is executable code)
-is loaded before all of that passed.
+files the manifest lists. Verification checks, in order: the entries (count,
+total size, regular files only: no links, devices, fifos or sparse members, no
+absolute or ``..`` path), the signature over the canonical manifest bytes
+against a trusted key (reading nothing but ``manifest.json`` and
+``manifest.sig``), every manifest field, no missing or extra file, and the
+sha256 of every file, checked as it is copied when a bundle is staged. Nothing
+in a bundle (a TensorRT plan is executable code) is loaded before all of that
+passed, and nothing but the two manifest files is written before the signature
+verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.files import atomic_write, copy_stream, fsync_dir, sha256_file
+from engines._sources import MAX_BUNDLE_BYTES, MAX_MEMBERS, BundleSource, open_source
+from engines.files import CHUNK, atomic_write, copy_stream, fsync_dir, sha256_file
 from engines.errors import BundleRejected, EngineError
 from engines.manifest import (
     FILE_RE,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     SIGNATURE_NAME,
     Manifest,
     canonical_bytes,
     parse_manifest_bytes,
 )
-from engines.signing import sign, verify
+from engines.signing import SIGNATURE_BYTES, sign, verify
 
 __all__ = [
     "GOLDEN_NAME",
+    "MAX_BUNDLE_BYTES",
+    "MAX_MEMBERS",
     "VerifiedBundle",
     "open_bundle",
     "pack_bundle",
@@ -56,7 +64,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GOLDEN_NAME = "golden.npz"
-MAX_MEMBERS = 256
 MAX_GOLDEN_BYTES = 16 << 20
 
 
@@ -188,126 +195,94 @@ def pack_bundle(bundle_dir: Path, tar_path: Path) -> Path:
     return tar_path
 
 
-# --------------------------------------------------------------------------- staging
+# --------------------------------------------------------------------------- staging and verifying
 
 
-def _tar_members(tar: tarfile.TarFile) -> list[tuple[str, tarfile.TarInfo]]:
-    """Regular-file members with their flat names; refuse links, devices, traversal, nesting."""
-    members = tar.getmembers()
-    if len(members) > MAX_MEMBERS:
-        raise BundleRejected(f"tar has {len(members)} members, more than {MAX_MEMBERS}")
-    files: list[tuple[PurePosixPath, tarfile.TarInfo]] = []
-    for m in members:
-        path = PurePosixPath(m.name)
-        if path.is_absolute() or ".." in path.parts:
-            raise BundleRejected(f"tar member {m.name!r} escapes the bundle (absolute path or '..')")
-        if m.isdir():
-            continue
-        if not m.isfile():
-            raise BundleRejected(f"tar member {m.name!r} is a link or special file; only regular files are allowed")
-        parts = [p for p in path.parts if p != "."]
-        if not parts:
-            raise BundleRejected(f"tar member {m.name!r} has no file name")
-        files.append((PurePosixPath(*parts), m))
-    tops = {p.parts[0] for p, _ in files if len(p.parts) == 2}
-    flat: list[tuple[str, tarfile.TarInfo]] = []
-    for path, m in files:
-        if len(path.parts) == 2 and len(tops) == 1:
-            name = path.parts[1]
-        elif len(path.parts) == 1:
-            name = path.parts[0]
-        else:
-            raise BundleRejected(f"tar member {m.name!r} is nested; a bundle is flat (one optional top folder)")
-        if not FILE_RE.match(name):
-            raise BundleRejected(f"tar member {m.name!r}: file name must match {FILE_RE.pattern}")
-        flat.append((name, m))
-    names = [n for n, _ in flat]
-    if len(set(names)) != len(names):
-        raise BundleRejected(f"tar repeats a file name: {sorted(names)}")
-    if len(flat) != len(files) or (tops and any(len(p.parts) == 1 for p, _ in files)):
-        raise BundleRejected("tar mixes files at the top level with files in a folder")
-    return flat
+def _signed_manifest(source: BundleSource, trusted_keys_dir: Path) -> tuple[Manifest, str, bytes, bytes]:
+    """Read only ``manifest.json`` and ``manifest.sig`` (size-capped), verify; (manifest, signer, bytes, sig)."""
+    limits = {MANIFEST_NAME: MAX_MANIFEST_BYTES, SIGNATURE_NAME: SIGNATURE_BYTES}
+    raw: dict[str, bytes] = {}
+    for name, limit in limits.items():
+        if name not in source.sizes:
+            raise BundleRejected(f"{source.description} has no {name}")
+        if source.sizes[name] > limit:
+            raise BundleRejected(f"{name} of {source.description} is {source.sizes[name]} bytes; at most {limit}")
+        with source.open(name) as stream:
+            raw[name] = stream.read(limit + 1)
+    data = parse_manifest_bytes(raw[MANIFEST_NAME])
+    signer = verify(canonical_bytes(data), raw[SIGNATURE_NAME], trusted_keys_dir)
+    manifest = Manifest.from_dict(data)
+    listed = set(manifest.files)
+    missing = sorted(listed - set(source.sizes))
+    if missing:
+        raise BundleRejected(f"bundle {manifest.key} is missing file(s) listed in its manifest: {', '.join(missing)}")
+    extra = len(set(source.sizes) - listed - set(limits)) + source.others
+    if extra:
+        raise BundleRejected(f"bundle {manifest.key} has {extra} entr{'y' if extra == 1 else 'ies'} its manifest "
+                             "does not list (a bundle holds exactly the listed regular files)")
+    return manifest, signer, raw[MANIFEST_NAME], raw[SIGNATURE_NAME]
 
 
-def stage_bundle(src: Path, dest: Path) -> None:
-    """Copy a bundle directory, or safely extract a bundle tar, into the empty directory ``dest``.
+def _hash_mismatch(manifest: Manifest, name: str, expected: str, actual: str) -> BundleRejected:
+    return BundleRejected(
+        f"sha256 of {name!r} in bundle {manifest.key} does not match the manifest "
+        f"(manifest {expected[:12]}…, file {actual[:12]}…): the file was changed or corrupted"
+    )
 
-    Only regular files are taken (symlinks and special files are refused), each
-    written with ``O_EXCL`` and fsync'd. Verify ``dest`` afterwards, not ``src``.
+
+def stage_bundle(src: Path, dest: Path, trusted_keys_dir: Path) -> VerifiedBundle:
+    """Verify a bundle directory or tar while copying it into the new directory ``dest``.
+
+    Before anything is written: the source's entries are checked (count, total
+    size, only regular files: no links, devices, fifos, sparse members, absolute
+    or ``..`` paths), then ``manifest.json`` and ``manifest.sig`` alone are read
+    and verified against the trusted keys. Only then are the files the signed
+    manifest lists copied, each with ``O_EXCL`` and fsync, and its sha256 checked
+    as it is written. On a refusal the caller removes ``dest``.
     """
-    src, dest = Path(src), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        for entry in sorted(src.iterdir()):
-            st = entry.lstat()
-            if not stat.S_ISREG(st.st_mode):
-                raise BundleRejected(f"bundle entry {entry.name!r} is not a regular file (links and folders refused)")
-            if not FILE_RE.match(entry.name):
-                raise BundleRejected(f"bundle file name {entry.name!r} must match {FILE_RE.pattern}")
-            with open(entry, "rb") as src_file:
-                copy_stream(src_file, dest / entry.name)
-    elif src.is_file():
-        try:
-            tar = tarfile.open(src, "r:*")
-        except (tarfile.TarError, OSError) as exc:
-            raise BundleRejected(f"{src.name!r} is neither a bundle directory nor a readable tar: {exc}") from None
-        with tar:
-            for name, member in _tar_members(tar):
-                stream = tar.extractfile(member)
-                if stream is None:
-                    raise BundleRejected(f"tar member {member.name!r} has no data")
-                with stream:
-                    copy_stream(stream, dest / name)
-    else:
-        raise BundleRejected(f"bundle {str(src)!r} does not exist")
+    dest = Path(dest)
+    with open_source(Path(src)) as source:
+        manifest, signer, manifest_bytes, signature = _signed_manifest(source, trusted_keys_dir)
+        dest.mkdir(parents=True)
+        copy_stream(io.BytesIO(manifest_bytes), dest / MANIFEST_NAME)
+        copy_stream(io.BytesIO(signature), dest / SIGNATURE_NAME)
+        for name, expected in sorted(manifest.files.items()):
+            with source.open(name) as stream:
+                actual = copy_stream(stream, dest / name)
+            if actual != expected:
+                raise _hash_mismatch(manifest, name, expected, actual)
     fsync_dir(dest)
-
-
-# --------------------------------------------------------------------------- verifying
+    return VerifiedBundle(root=dest, manifest=manifest, signer=signer)
 
 
 def verify_directory(root: Path, trusted_keys_dir: Path) -> VerifiedBundle:
-    """Verify a flat bundle directory in place: signature, fields, exact file set, every sha256."""
+    """Verify a flat bundle directory in place: signature first, then the exact file set, then every sha256."""
     root = Path(root)
-    present: set[str] = set()
-    for entry in root.iterdir():
-        if not stat.S_ISREG(entry.lstat().st_mode):
-            raise BundleRejected(f"bundle entry {entry.name!r} is not a regular file (links and folders refused)")
-        present.add(entry.name)
-    for name in (MANIFEST_NAME, SIGNATURE_NAME):
-        if name not in present:
-            raise BundleRejected(f"bundle has no {name}")
-    data = parse_manifest_bytes((root / MANIFEST_NAME).read_bytes())
-    signer = verify(canonical_bytes(data), (root / SIGNATURE_NAME).read_bytes(), trusted_keys_dir)
-    manifest = Manifest.from_dict(data)
-    listed = set(manifest.files)
-    missing = sorted(listed - present)
-    extra = sorted(present - listed - {MANIFEST_NAME, SIGNATURE_NAME})
-    if missing:
-        raise BundleRejected(f"bundle {manifest.key} is missing file(s) listed in its manifest: {', '.join(missing)}")
-    if extra:
-        raise BundleRejected(f"bundle {manifest.key} has file(s) its manifest does not list: {', '.join(extra)}")
-    for name, expected in sorted(manifest.files.items()):
-        actual = sha256_file(root / name)
-        if actual != expected:
-            raise BundleRejected(
-                f"sha256 of {name!r} in bundle {manifest.key} does not match the manifest "
-                f"(manifest {expected[:12]}…, file {actual[:12]}…): the file was changed or corrupted"
-            )
+    if not root.is_dir():
+        raise BundleRejected(f"{str(root)!r} is not a bundle directory")
+    with open_source(root) as source:
+        manifest, signer, _, _ = _signed_manifest(source, trusted_keys_dir)
+        for name, expected in sorted(manifest.files.items()):
+            digest = hashlib.sha256()
+            with source.open(name) as stream:
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+            actual = digest.hexdigest()
+            if actual != expected:
+                raise _hash_mismatch(manifest, name, expected, actual)
     return VerifiedBundle(root=root, manifest=manifest, signer=signer)
 
 
 @contextmanager
 def open_bundle(path: Path, trusted_keys_dir: Path) -> Iterator[VerifiedBundle]:
-    """Verify a bundle directory in place, or a tar after extracting it to a temporary directory."""
+    """Verify a bundle directory in place, or a tar while extracting it to a temporary directory."""
     path = Path(path)
     if path.is_dir():
         yield verify_directory(path, trusted_keys_dir)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bundle-"))
     try:
-        stage_bundle(path, tmp / "b")
-        yield verify_directory(tmp / "b", trusted_keys_dir)
+        yield stage_bundle(path, tmp / "b", trusted_keys_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

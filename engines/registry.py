@@ -38,6 +38,7 @@ import numpy as np
 from engines.files import atomic_write, fsync_dir
 from engines.backends import Engine, load_engine
 from engines.bundle import VerifiedBundle, read_golden, stage_bundle, verify_directory
+from engines.versions import is_downgrade, newest
 from engines.compat import check_compat
 from engines.errors import BundleRejected, EngineError, RuntimeMissing
 from engines.manifest import MANIFEST_NAME, TASK_RE, VERSION_RE, Manifest, parse_manifest_bytes
@@ -243,24 +244,39 @@ class Registry:
             except Exception:  # the jsonl line is written; never undo an action over a side channel
                 logger.exception("audit callback failed for %s %s", action, subject)
 
-    def install(self, bundle_path: Path, actor: str) -> Manifest:
-        """Verify, check compatibility, run the golden set, then install; refuse leaving nothing behind."""
+    def install(self, bundle_path: Path, actor: str, allow_downgrade: bool = False) -> Manifest:
+        """Verify, check compatibility, run the golden set, then install; refuse leaving nothing behind.
+
+        A version older than the newest installed one of its task is refused unless
+        ``allow_downgrade`` (then audited with ``downgrade_from``).
+        """
         bundle_path = Path(bundle_path)
         try:
             with self._locked():
-                return self._install(bundle_path, actor)
+                return self._install(bundle_path, actor, allow_downgrade)
         except EngineError as exc:
             self._audit(actor, "engine_install_refused", bundle_path.name, {"reason": str(exc)})
             logger.warning("refused bundle %s: %s", bundle_path.name, exc)
             raise
 
-    def _install(self, bundle_path: Path, actor: str) -> Manifest:
+    def _downgrade_from(self, task: str, version: str, over: str | None, allow: bool) -> str | None:
+        """The newer version ``version`` would replace (None: no downgrade); refused unless ``allow``."""
+        if over is None or not is_downgrade(version, over):
+            return None
+        if not allow:
+            raise BundleRejected(
+                f"{task}/{version} is older than {task}/{over}: versions of a task only move forward; "
+                "force a downgrade with --allow-downgrade (web: allow_downgrade=1), which is audited"
+            )
+        logger.warning("downgrade of %s from %s to %s forced", task, over, version)
+        return over
+
+    def _install(self, bundle_path: Path, actor: str, allow_downgrade: bool = False) -> Manifest:
         staging_root = self.root / ".staging"
         staging_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="install-", dir=staging_root))
         try:
-            stage_bundle(bundle_path, staging / "bundle")
-            bundle = verify_directory(staging / "bundle", self.trusted_keys_dir)
+            bundle = stage_bundle(bundle_path, staging / "bundle", self.trusted_keys_dir)
             manifest = bundle.manifest
             target = self._version_dir(manifest.task, manifest.version)
             if target.exists():
@@ -272,6 +288,8 @@ class Registry:
                     f"{manifest.key} is already installed with a different manifest "
                     f"({existing.sha256[:12]}… vs {manifest.sha256[:12]}…); give the new bundle a new version"
                 )
+            newest_installed = newest(self.versions(manifest.task))
+            downgrade_from = self._downgrade_from(manifest.task, manifest.version, newest_installed, allow_downgrade)
             try:
                 check_compat(manifest, **self.options)
             except RuntimeMissing as exc:
@@ -293,6 +311,7 @@ class Registry:
         self._audit(actor, "engine_install", manifest.key, {
             "sha256": manifest.sha256, "signer": bundle.signer, "backend": manifest.backend_name,
             "precision": manifest.precision, "golden_max_abs_error": errors,
+            **({"downgrade_from": downgrade_from} if downgrade_from else {}),
         })
         logger.info("installed %s (%s, %s) signed by %s", manifest.key, manifest.backend_name, manifest.precision,
                     bundle.signer)
@@ -302,12 +321,17 @@ class Registry:
         data = {"version": version, "history": history[-HISTORY_LIMIT:], "actor": actor, "at": time.time()}
         atomic_write(self._task_dir(task) / ACTIVE_NAME, json.dumps(data, sort_keys=True).encode("utf-8"))
 
-    def activate(self, task: str, version: str, actor: str) -> None:
-        """Make ``version`` the active engine of ``task`` (atomic pointer swap; the old one kept for rollback)."""
+    def activate(self, task: str, version: str, actor: str, allow_downgrade: bool = False) -> None:
+        """Make ``version`` the active engine of ``task`` (atomic pointer swap; the old one kept for rollback).
+
+        Activating a version older than the active one is refused unless ``allow_downgrade``.
+        """
         with self._locked():
             self.verify_installed(task, version)
             pointer = self._pointer(task)
             previous = pointer.get("version")
+            downgrade_from = self._downgrade_from(task, version, previous if isinstance(previous, str) else None,
+                                                  allow_downgrade)
             history = [v for v in (pointer.get("history") or []) if isinstance(v, str)]
             if previous == version:
                 self._audit(actor, "engine_activate", f"{task}/{version}", {"previous": previous, "unchanged": True})
@@ -315,7 +339,8 @@ class Registry:
             if previous:
                 history.append(previous)
             self._write_pointer(task, version, history, actor)
-        self._audit(actor, "engine_activate", f"{task}/{version}", {"previous": previous})
+        self._audit(actor, "engine_activate", f"{task}/{version}",
+                    {"previous": previous, **({"downgrade_from": downgrade_from} if downgrade_from else {})})
         logger.info("activated %s/%s (previous %s)", task, version, previous)
 
     def rollback(self, task: str, actor: str) -> str:

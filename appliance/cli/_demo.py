@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: unwinds the demo, which stops its appliance and its PACS (no orphaned Orthanc)."""
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +33,7 @@ def register(app: typer.Typer) -> None:
         from appliance.demo.run import run_demo
 
         logging.getLogger().setLevel(logging.WARNING)  # the demo shows its own progress
+        signal.signal(signal.SIGTERM, _interrupt)
         outcome = run_demo(data_dir, keep_running=keep_running, timeout=timeout, stable_seconds=stable_seconds,
                            quick_engines=quick_engines, prefer_orthanc=not no_orthanc)
         if not outcome.ok:

@@ -35,6 +35,10 @@ engines_app = typer.Typer(
 )
 
 ActorOption = Annotated[str, typer.Option("--actor", help="Who does this, for the audit log (default: the OS user).")]
+DowngradeOption = Annotated[bool, typer.Option(
+    "--allow-downgrade",
+    help="Allow a version older than the newest installed (install) or the active one (activate); audited.",
+)]
 
 
 def _default_actor() -> str:
@@ -100,14 +104,16 @@ def install(
     config: ConfigOption = None,
     actor: ActorOption = "",
     activate: Annotated[bool, typer.Option("--activate", help="Activate it after installing.")] = False,
+    allow_downgrade: DowngradeOption = False,
 ) -> None:
     """Verify a bundle, check it against this machine, run its golden set, and install it."""
     cfg = config_from(config)
     with open_registry(cfg) as registry:
-        manifest = registry.install(bundle, actor or _default_actor())
+        manifest = registry.install(bundle, actor or _default_actor(), allow_downgrade=allow_downgrade)
         typer.echo(f"installed {manifest.key} ({manifest.backend_name}, {manifest.precision})")
         if activate:
-            registry.activate(manifest.task, manifest.version, actor or _default_actor())
+            registry.activate(manifest.task, manifest.version, actor or _default_actor(),
+                              allow_downgrade=allow_downgrade)
             typer.echo(f"activated {manifest.key}")
 
 
@@ -117,10 +123,11 @@ def activate(
     version: Annotated[str, typer.Argument(help="An installed version.")],
     config: ConfigOption = None,
     actor: ActorOption = "",
+    allow_downgrade: DowngradeOption = False,
 ) -> None:
     """Make an installed version the active engine of its task (the previous one is kept for rollback)."""
     with open_registry(config_from(config)) as registry:
-        registry.activate(task, version, actor or _default_actor())
+        registry.activate(task, version, actor or _default_actor(), allow_downgrade=allow_downgrade)
     typer.echo(f"activated {task}/{version}")
 
 

@@ -26,8 +26,10 @@ from rich.table import Table
 
 from appliance.config import Config, parse_config
 from appliance.demo._pacs import LocalPacs, SrArrival, free_port, start_pacs
+from appliance.demo._quiet import output_to_log
 from appliance.demo._scanner import SCANNER_AE_TITLE, DemoStudy, send_study, write_dce_study, write_slide_study
 from appliance.service import Service
+from appliance.web import scrub
 
 __all__ = ["DEMO_NOTICE", "DEFAULT_DATA_DIR", "DemoOutcome", "DemoRow", "demo_config", "ensure_engines",
            "results_table", "run_demo", "running_demo", "wait_for_results"]
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_NOTICE = "demo models, not for clinical use"
 DEFAULT_DATA_DIR = Path("./var/demo")
+DEMO_LOG = "demo.log"  #: under the data directory: what the export stage prints
 NODE_AE_TITLE = "APPLIANCE"
 _LABELS = {"pathology": ("no tumour", "tumour"), "breast_mri": ("node negative", "node positive")}
 _POLL_SECONDS = 0.25
@@ -92,13 +95,17 @@ def demo_config(data_dir: Path, node_port: int, pacs: LocalPacs, stable_seconds:
 
 
 def ensure_engines(data_dir: Path, trusted_keys_dir: Path, console: Console, quick: bool = False) -> dict[str, str]:
-    """Train, export and install the demo engines unless cached under ``data_dir``; Rich progress."""
+    """Train, export and install the demo engines unless cached under ``data_dir``; Rich progress.
+
+    What the exporters and the calibrator print goes to ``data_dir/demo.log``, not the terminal.
+    """
     from export.demo import QUICK_GATE, install_demo
     from export.train import QUICK_SIZES, DemoSizes
 
     kwargs: dict[str, Any] = {"sizes": QUICK_SIZES, "gate": QUICK_GATE} if quick else {"sizes": DemoSizes()}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
+    with output_to_log(data_dir / DEMO_LOG, console), \
+            Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                     transient=True, redirect_stdout=False, redirect_stderr=False) as progress:
         task = progress.add_task(f"demo engines ({DEMO_NOTICE})", total=None)
 
         def say(stage: str, message: str) -> None:
@@ -136,7 +143,7 @@ def _row(service: Service, pacs: LocalPacs, study: DemoStudy) -> DemoRow:
     state = str(job["state"])
     if state == "running" and job["progress_total"]:
         state = f"running {job['progress_done']}/{job['progress_total']}"
-    row = DemoRow(str(job["id"]), study.pipeline, state, reason=str(job["reason"] or ""))
+    row = DemoRow(str(job["id"]), study.pipeline, state, reason=scrub(job["reason"]))
     result = json.loads(job["result"] or "{}")
     findings = [f for f in result.get("findings", []) if f.get("pipeline") == study.pipeline] or result.get("findings", [])
     if findings:
@@ -206,6 +213,7 @@ def run_demo(
     console.print(f"[bold yellow]Appliance demo — the engines are {DEMO_NOTICE}.[/]")
     active = ensure_engines(data_dir, data_dir / "trusted_keys", console, quick_engines)
     console.print(f"demo engines active ({DEMO_NOTICE}): " + ", ".join(f"{t} {v}" for t, v in sorted(active.items())))
+    console.print(f"export log: {data_dir / DEMO_LOG}", soft_wrap=True)
     scans = data_dir / "scanner"
     shutil.rmtree(scans, ignore_errors=True)
     with console.status("generating a synthetic slide and a synthetic DCE-MRI study (no real patient)"):
@@ -229,7 +237,7 @@ def run_demo(
             console.print(f"[bold red]Demo failed:[/] {problem or 'not every SR arrived in the PACS'}. "
                           f"Engines are {DEMO_NOTICE}.")
         if keep_running:
-            console.print(f"The appliance keeps running: dashboard {url}; Ctrl-C stops it.")
+            console.print(f"The appliance keeps running: dashboard {url}; Ctrl-C or SIGTERM stops it.")
             try:
                 while True:
                     time.sleep(1.0)

@@ -4,20 +4,20 @@ Pages show only opaque job ids, states, counts and engine versions, never a
 patient's name, id, birth date or accession number (invariant 4); they read
 the state store's rows, never the spooled files. Changes (engine install,
 activate, rollback) need ``[web] token``, as ``Authorization: Bearer TOKEN``
-or a ``token`` form field; with no token configured they are refused.
+or a ``token`` form field; with no token configured they are refused. The token
+is checked before any body is read, bodies are size-capped and uploads are
+streamed to disk, and every response carries security headers
+(``appliance.web._guard``).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -28,14 +28,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance.config import Config
 from appliance.jobs import JobQueue, backpressure
 from appliance.state import StateStore
+from appliance.web._guard import (
+    CLOSE,
+    SECURITY_HEADERS,
+    SecurityHeaders,
+    authenticate,
+    clear_uploads,
+    is_form,
+    receive_upload,
+)
 from appliance.web._metrics import free_bytes, metrics_registry
+from appliance.web._scrub import scrub, scrub_rows
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-MAX_BUNDLE_BYTES = 4 * 1024**3
+TEMPLATES.env.filters["scrub"] = scrub
 HealthCheck = Callable[[], bool]
 
 
@@ -64,27 +74,6 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body as a dict (first value of each field)."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return {}
-    body = (await request.body()).decode("utf-8", errors="replace")
-    return {key: values[0] for key, values in parse_qs(body).items()}
-
-
-def _check_token(config: Config, request: Request, form: Mapping[str, str]) -> str:
-    """The actor name when the request carries the configured token; 401/403 otherwise."""
-    expected = config.web.token
-    if not expected:
-        raise HTTPException(403, "changes are disabled: no [web] token is configured")
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else form.get("token", "")
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "a valid token is required for changes", headers={"WWW-Authenticate": "Bearer"})
-    client = request.client.host if request.client else "unknown"
-    return f"web:{client}"
-
-
 def _done(request: Request, message: str, detail: dict[str, Any] | None = None) -> Response:
     if request.headers.get("authorization") or "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"ok": True, "message": message, **(detail or {})})
@@ -96,6 +85,8 @@ def create_app(
 ) -> FastAPI:
     """The dashboard app over ``store``; ``health_checks`` (name -> callable) join ``/healthz``."""
     app = FastAPI(title="Cancer-imaging appliance", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SecurityHeaders)
+    clear_uploads(config.data_dir)
     queue = JobQueue(store, config.worker.lease_seconds, config.worker.max_attempts)
     registry = metrics_registry(config, store)
     checks = dict(health_checks or {})
@@ -127,8 +118,8 @@ def create_app(
         counts = store.counts()
         pressure = backpressure(store, config.worker.max_queue)
         h = health()
-        jobs = queue.recent(limit=50, states=("running", "queued"))
-        finished = queue.recent(limit=30, states=("succeeded", "failed"))
+        jobs = scrub_rows(queue.recent(limit=50, states=("running", "queued")))
+        finished = scrub_rows(queue.recent(limit=30, states=("succeeded", "failed")))
         deliveries = []
         for dest in config.destinations:
             rows = store.query(
@@ -148,7 +139,7 @@ def create_app(
                     "pending": by_state.get("pending", 0),
                     "delivered": by_state.get("delivered", 0),
                     "dead": by_state.get("dead", 0),
-                    "last_error": last[0]["last_error"] if last else "",
+                    "last_error": scrub(last[0]["last_error"]) if last else "",
                 }
             )
         _, active, engine_error = engines_view()
@@ -187,16 +178,16 @@ def create_app(
 
     @app.post("/engines/activate")
     async def activate(request: Request) -> Response:
-        form = await _form(request)
-        actor = _check_token(config, request, form)
+        actor, form = await authenticate(config.web, request)
         task, version = form.get("task", ""), form.get("version", "")
-        await run_in_threadpool(_call, lambda: _registry(config, store).activate(task, version, actor))
+        downgrade = _allow_downgrade(request, form)
+        await run_in_threadpool(
+            _call, lambda: _registry(config, store).activate(task, version, actor, allow_downgrade=downgrade))
         return _done(request, f"activated {task} {version}")
 
     @app.post("/engines/rollback")
     async def rollback(request: Request) -> Response:
-        form = await _form(request)
-        actor = _check_token(config, request, form)
+        actor, form = await authenticate(config.web, request)
         task = form.get("task", "")
         version = await run_in_threadpool(_call, lambda: _registry(config, store).rollback(task, actor))
         return _done(request, f"rolled {task} back to {version}", {"version": version})
@@ -204,22 +195,23 @@ def create_app(
     @app.post("/engines/install")
     async def install(request: Request) -> Response:
         """Install a bundle: a ``.tar`` as the request body, or a ``bundle_path`` form field on this machine."""
-        content_type = request.headers.get("content-type", "")
-        form = await _form(request)
-        actor = _check_token(config, request, form)
-        if content_type.startswith("application/x-www-form-urlencoded"):
+        actor, form = await authenticate(config.web, request)
+        downgrade = _allow_downgrade(request, form)
+        if form or is_form(request):
             path = Path(form.get("bundle_path", ""))
-            if not form.get("bundle_path") or not path.exists():
-                raise HTTPException(400, f"bundle_path {str(path)!r} does not exist on the appliance")
-            manifest = await run_in_threadpool(_call, lambda: _registry(config, store).install(path, actor))
+            if not form.get("bundle_path") or not path.is_absolute() or not path.exists():
+                raise HTTPException(400, "bundle_path must be the absolute path of a bundle directory or .tar "
+                                         "on the appliance")
+            manifest = await run_in_threadpool(
+                _call, lambda: _registry(config, store).install(path, actor, allow_downgrade=downgrade))
         else:
-            body = await request.body()
-            if not body or len(body) > MAX_BUNDLE_BYTES:
-                raise HTTPException(400, f"the body must be a bundle .tar of 1 to {MAX_BUNDLE_BYTES} bytes")
-            with tempfile.TemporaryDirectory(prefix="bundle-", dir=_staging(config)) as tmp:
-                path = Path(tmp) / "bundle.tar"
-                path.write_bytes(body)
-                manifest = await run_in_threadpool(_call, lambda: _registry(config, store).install(path, actor))
+            path = await receive_upload(request, config.data_dir, config.web.max_upload_bytes,
+                                        config.node.min_free_bytes)
+            try:
+                manifest = await run_in_threadpool(
+                    _call, lambda: _registry(config, store).install(path, actor, allow_downgrade=downgrade))
+            finally:
+                path.unlink(missing_ok=True)
         task, version = getattr(manifest, "task", "?"), getattr(manifest, "version", "?")
         return _done(request, f"installed {task} {version}", {"task": task, "version": version})
 
@@ -243,16 +235,25 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if request.method not in ("GET", "HEAD"):
+            headers.update(CLOSE)  # the body may be unread: close rather than drain it
         return PlainTextResponse(f"{exc.status_code}: {exc.detail}\n", status_code=exc.status_code,
-                                 headers=exc.headers)
+                                 headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> Response:
+        # answered outside the middleware stack, so the security headers are set here too
+        logger.error("dashboard request %s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return PlainTextResponse("500: internal error\n", status_code=500, headers={**SECURITY_HEADERS, **CLOSE})
 
     return app
 
 
-def _staging(config: Config) -> Path:
-    path = config.data_dir / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _allow_downgrade(request: Request, form: Mapping[str, str]) -> bool:
+    """``allow_downgrade`` as a form field or query parameter (``1``, ``true``, ``yes``, ``on``)."""
+    value = form.get("allow_downgrade") or request.query_params.get("allow_downgrade", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _call(func: Callable[[], Any]) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +15,9 @@ from engines.bundle import pack_bundle, stage_bundle, verify_bundle, write_bundl
 from engines.errors import BundleRejected, EngineError
 from engines.manifest import Manifest, canonical_bytes
 from tests.engines._helpers import keypair, linear_model, make_bundle
+
+if TYPE_CHECKING:
+    from engines.registry import Registry
 
 
 def test_written_bundle_verifies_as_directory_and_tar(tmp_path: Path, keys_dir: Path, vendor_pem: bytes) -> None:
@@ -62,22 +67,22 @@ def test_hostile_tars_are_refused_before_extraction(tmp_path: Path, members: lis
     tar = _tar_with(tmp_path / "evil.tar", members)
     dest = tmp_path / "dest"
     with pytest.raises(BundleRejected, match=reason):
-        stage_bundle(tar, dest)
-    assert not list(dest.iterdir())
+        stage_bundle(tar, dest, tmp_path / "keys")
+    assert not dest.exists()
     assert not (tmp_path / "escape").exists()
 
 
 def test_directory_bundle_with_a_symlink_is_refused(tmp_path: Path, keys_dir: Path, vendor_pem: bytes) -> None:
     bundle = make_bundle(tmp_path / "b", vendor_pem)
     (bundle / "extra").symlink_to("/etc/passwd")
-    with pytest.raises(BundleRejected, match="not a regular file"):
+    with pytest.raises(BundleRejected, match="1 entry its manifest does not list"):
         verify_bundle(bundle, keys_dir)
 
 
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda b: (b / "stray.txt").write_text("x"), "does not list: stray.txt"),
+        (lambda b: (b / "stray.txt").write_text("x"), "has 1 entry its manifest does not list"),
         (lambda b: (b / "golden.npz").unlink(), "missing file.*golden.npz"),
         (lambda b: (b / "manifest.sig").unlink(), "no manifest.sig"),
         (lambda b: (b / "manifest.json").write_text("{not json"), "not valid UTF-8 JSON"),
@@ -144,3 +149,88 @@ def test_bundle_signed_by_an_untrusted_key_is_refused(tmp_path: Path, keys_dir: 
     rogue = keypair(tmp_path / "rogue", "rogue")
     with pytest.raises(BundleRejected, match="does not verify against any trusted key"):
         verify_bundle(make_bundle(tmp_path / "b", rogue), keys_dir)
+
+
+GNU_TAR = Path("/usr/bin/tar")
+SPARSE_CLAIM = 2 * 1024**3
+
+
+@pytest.mark.parametrize("tar_format", ["gnu", "pax"])
+def test_tiny_tar_with_a_2gib_sparse_member_is_refused_writing_nothing(
+    tmp_path: Path, registry: "Registry", vendor_pem: bytes, tar_format: str
+) -> None:
+    """Finding 9: GNU tar's sparse member (old GNU and PAX 1.0 forms) claiming 2 GiB, in a ~10 KB tar."""
+    if not GNU_TAR.is_file():
+        pytest.skip(f"{GNU_TAR} (GNU tar) is not installed")
+    bundle = make_bundle(tmp_path / "b", vendor_pem)
+    with open(bundle / "model.onnx", "r+b") as model:
+        model.truncate(SPARSE_CLAIM)  # a hole: no disk space, 2 GiB to whoever expands it
+    tar = tmp_path / "sparse.tar"
+    subprocess.run([str(GNU_TAR), "--sparse", f"--format={tar_format}", "-cf", str(tar), "-C", str(bundle), "."],
+                   check=True, capture_output=True)
+    assert tar.stat().st_size < 64 * 1024
+    with pytest.raises(BundleRejected, match=f"'./model.onnx' is a sparse file .*claims {SPARSE_CLAIM} bytes"):
+        registry.install(tar, "tester")
+    staging = registry.root / ".staging"
+    assert not [p for p in staging.rglob("*")], "a refused bundle wrote into engines/.staging"
+    assert registry.versions("test_task") == []
+
+
+def _raw_tar(path: Path, infos: list[tarfile.TarInfo], fmt: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for info in infos:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda: [_info(f"f{i}") for i in range(300)], "more than 256 members"),
+        (lambda: [_info("fifo", tarfile.FIFOTYPE)], "link or special file"),
+        (lambda: [_info("blk", tarfile.BLKTYPE)], "link or special file"),
+        (lambda: [_info("cont", tarfile.CONTTYPE)], "link or special file"),
+        (lambda: [_info("./../up")], "escapes the bundle"),
+    ],
+)
+def test_tar_headers_are_checked_before_anything_is_read(
+    tmp_path: Path, keys_dir: Path, build: object, reason: str
+) -> None:
+    tar = _raw_tar(tmp_path / "t.tar", build())  # type: ignore[operator]
+    with pytest.raises(BundleRejected, match=reason):
+        stage_bundle(tar, tmp_path / "dest", keys_dir)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_oversized_extended_header_and_total_size_are_refused(tmp_path: Path, keys_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    big_name = _info("n" * 100)
+    big_name.pax_headers = {"comment": "c" * (2 << 20)}
+    with pytest.raises(BundleRejected, match="tar header of .* bytes .* is larger than"):
+        stage_bundle(_raw_tar(tmp_path / "h.tar", [big_name]), tmp_path / "d1", keys_dir)
+    from engines import _sources
+
+    monkeypatch.setattr(_sources, "MAX_BUNDLE_BYTES", 1000)
+    members = [_info("a"), _info("b")]
+    members[0].size = members[1].size = 600
+    with pytest.raises(BundleRejected, match="add up to more than 1000 bytes"):
+        stage_bundle(_raw_tar(tmp_path / "s.tar", members), tmp_path / "d2", keys_dir)
+    assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+
+
+def test_signature_is_verified_before_any_model_byte_is_written(tmp_path: Path, keys_dir: Path,
+                                                                vendor_pem: bytes) -> None:
+    rogue = keypair(tmp_path / "rogue", "rogue")
+    tar = pack_bundle(make_bundle(tmp_path / "b", rogue), tmp_path / "b.tar")
+    with pytest.raises(BundleRejected, match="does not verify against any trusted key"):
+        stage_bundle(tar, tmp_path / "dest", keys_dir)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_file_changed_after_signing_is_caught_as_it_is_written(tmp_path: Path, keys_dir: Path,
+                                                                 vendor_pem: bytes) -> None:
+    bundle = make_bundle(tmp_path / "b", vendor_pem)
+    with open(bundle / "model.onnx", "ab") as model:
+        model.write(b"\0")
+    with pytest.raises(BundleRejected, match="sha256 of 'model.onnx' .* does not match"):
+        stage_bundle(pack_bundle(bundle, tmp_path / "b.tar"), tmp_path / "dest", keys_dir)

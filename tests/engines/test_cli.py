@@ -76,3 +76,35 @@ def test_every_engines_command_has_help(app: typer.Typer) -> None:
     for name in ("list", "verify", "install", "activate", "rollback", "keygen"):
         result = runner.invoke(app, ["engines", name, "--help"])
         assert result.exit_code == 0 and len(result.output) > 100, name
+
+
+def test_cli_downgrade_needs_allow_downgrade(tmp_path: Path, app: typer.Typer) -> None:
+    data_dir = tmp_path / "var"
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{data_dir}"\n')
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        actor = ["--actor", "fe"] if args[0] in ("install", "activate") else []
+        result = runner.invoke(app, ["engines", *args, "--config", str(cfg), *actor], env={"COLUMNS": "200"})
+        return result.exit_code, result.output + repr(result.exception)
+
+    assert run("keygen", "acme", "--dir", str(tmp_path / "vendor"), "--trust")[0] == 0
+    pem = (tmp_path / "vendor" / "acme.key").read_bytes()
+    for version, seed in (("1.0", 1), ("2.0", 2)):
+        make_bundle(tmp_path / f"b{version}", pem, version, seed=seed)
+    assert run("install", str(tmp_path / "b2.0"), "--activate")[0] == 0
+    code, out = run("install", str(tmp_path / "b1.0"), "--activate")
+    assert code != 0 and "older than test_task/2.0" in out
+    code, out = run("install", str(tmp_path / "b1.0"), "--activate", "--allow-downgrade")
+    assert code == 0 and "activated test_task/1.0" in out, out
+    assert run("activate", "test_task", "2.0")[0] == 0
+    code, out = run("activate", "test_task", "1.0")
+    assert code != 0 and "--allow-downgrade" in out
+    assert run("activate", "test_task", "1.0", "--allow-downgrade")[0] == 0
+    store = StateStore.for_data_dir(data_dir)
+    try:
+        details = [json.loads(r["detail"]) for r in store.query("select detail from audit where actor = 'fe'")]
+    finally:
+        store.close()
+    assert sum("downgrade_from" in d for d in details) == 3  # forced install, activate after it, forced activate

@@ -201,7 +201,7 @@ def test_a_reader_never_sees_a_half_swapped_engine(tmp_path: Path, registry: Reg
     thread.start()
     try:
         for i in range(100):
-            registry.activate("test_task", "2" if i % 2 == 0 else "1", "alice")
+            registry.activate("test_task", "2" if i % 2 == 0 else "1", "alice", allow_downgrade=True)
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -227,3 +227,46 @@ def test_runtime_missing_at_load_is_clear(tmp_path: Path, registry: Registry, ve
     (registry.root / "test_task" / "active.json").write_text(json.dumps({"version": "9.0.0", "history": []}))
     with pytest.raises(RuntimeMissing, match="requires TensorRT 10.3.0.26"):
         registry.load_active("test_task")
+
+
+@pytest.mark.parametrize(
+    ("version", "than", "older"),
+    [("1.0.0", "1.1.0", True), ("1.10", "1.9", False), ("2.0", "10.0", True), ("1.0.0rc1", "1.0.0", True),
+     ("1.0.0+fp16", "1.0.0+int8", False), ("1.0.0+int8", "1.0.0+fp16", False), ("0.9+fp32", "1.0+fp32", True),
+     ("v2-build7", "v2-build10", True), ("1", "2", True), ("2", "2", False)],
+)
+def test_version_order(version: str, than: str, older: bool) -> None:
+    from engines.versions import is_downgrade
+
+    assert is_downgrade(version, than) is older
+
+
+def test_older_versions_need_allow_downgrade_and_are_audited(tmp_path: Path, registry: Registry,
+                                                             vendor_pem: bytes) -> None:
+    """Finding 11: a validly signed older bundle cannot replace a newer one unless the operator forces it."""
+    registry.install(make_bundle(tmp_path / "b2", vendor_pem, "2.0.0", seed=2), "alice")
+    registry.activate("test_task", "2.0.0", "alice")
+    old = make_bundle(tmp_path / "b1", vendor_pem, "1.0.0", seed=1)
+    with pytest.raises(BundleRejected, match="test_task/1.0.0 is older than test_task/2.0.0.*--allow-downgrade"):
+        registry.install(old, "mallory")
+    assert registry.versions("test_task") == ["2.0.0"] and not list((registry.root / ".staging").iterdir())
+    registry.install(old, "alice", allow_downgrade=True)
+    with pytest.raises(BundleRejected, match="older than test_task/2.0.0"):
+        registry.activate("test_task", "1.0.0", "mallory")
+    assert registry.active_version("test_task") == "2.0.0"
+    registry.activate("test_task", "1.0.0", "alice", allow_downgrade=True)
+    assert registry.active_version("test_task") == "1.0.0"
+    registry.activate("test_task", "2.0.0", "alice")  # forward again needs nothing
+    assert registry.rollback("test_task", "alice") == "1.0.0"  # rollback stays the operator's undo
+    lines = [json.loads(line) for line in (registry.root / "audit.jsonl").read_text().splitlines()]
+    assert [(x["actor"], x["action"]) for x in lines if x["action"] == "engine_install_refused"] == [
+        ("mallory", "engine_install_refused")]
+    forced = [(x["action"], x["detail"]["downgrade_from"]) for x in lines if "downgrade_from" in x["detail"]]
+    assert forced == [("engine_install", "2.0.0"), ("engine_activate", "2.0.0")]
+
+
+def test_variants_of_one_release_are_not_downgrades(tmp_path: Path, registry: Registry, vendor_pem: bytes) -> None:
+    for seed, version in enumerate(("1.0.0+int8", "1.0.0+fp16", "1.0.0+fp32")):
+        registry.install(make_bundle(tmp_path / version, vendor_pem, version, seed=seed), "demo")
+        registry.activate("test_task", version, "demo")
+    assert registry.active_version("test_task") == "1.0.0+fp32"
