@@ -87,9 +87,17 @@ def test_route_open_series_reads_spool(data_dir: Path, caplog: pytest.LogCapture
         assert secret not in caplog.text
 
 
-def test_unreadable_first_instance_is_unrouted(data_dir: Path) -> None:
+def test_unreadable_first_instance_fails_its_series_only(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unreadable instance marks its series failed with a reason; the other series are still routed."""
     store = StateStore.for_data_dir(data_dir)
-    series = generate_uid()
-    path = spool_instance(store, data_dir, generate_uid(), series)
+    study, bad, good = generate_uid(), generate_uid(), generate_uid()
+    path = spool_instance(store, data_dir, study, bad)
     path.write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes()[:100])
-    assert route_open_series(store, ROUTES) == {series: None}
+    spool_instance(store, data_dir, study, good, modality="SM")
+    with caplog.at_level(logging.INFO):
+        decided = route_open_series(store, ROUTES)
+    assert decided[bad] is None and decided[good] is not None
+    rows = {r["series_uid"]: (r["state"], r["reason"]) for r in store.query("select series_uid, state, reason from series")}
+    assert rows[bad][0] == "failed" and "cannot read the header" in rows[bad][1]
+    assert rows[good][0] == "routed"
+    assert bad not in caplog.text and opaque_id(bad) in caplog.text
