@@ -139,15 +139,18 @@ def encode_c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str
 
 
 def encode_c_store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int) -> bytes:
-    """The C-STORE-RSP command set (PS3.7 Table 9.3-2) in Implicit VR Little Endian, as pynetdicom encodes it."""
+    """The C-STORE-RSP command set (PS3.7 Table 9.3-2) in Implicit VR Little Endian, as pynetdicom encodes it.
+
+    An empty UID is left out (both are optional in a response: PS3.7 Table 9.3-2, "U(=)").
+    """
     body = b"".join(
         (
-            _element(0x00000002, _uid_value(sop_class_uid)),
+            _element(0x00000002, _uid_value(sop_class_uid)) if sop_class_uid else b"",
             _element(0x00000100, struct.pack("<H", _C_STORE_RSP)),
             _element(0x00000120, struct.pack("<H", message_id)),
             _element(0x00000800, struct.pack("<H", _NO_DATA_SET)),
             _element(0x00000900, struct.pack("<H", status)),
-            _element(0x00001000, _uid_value(sop_instance_uid)),
+            _element(0x00001000, _uid_value(sop_instance_uid)) if sop_instance_uid else b"",
         )
     )
     return _element(0x00000000, struct.pack("<I", len(body))) + body

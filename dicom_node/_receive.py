@@ -34,6 +34,7 @@ from dicom_node._c_store import encode_c_store_rsp
 from dicom_node._scan import DatasetHeader, StreamScanner
 from dicom_node.errors import NodeError
 from dicom_node.spool import IncomingFile
+from dicom_node.uids import is_valid_uid
 
 __all__ = ["Reception", "Receiver", "StreamingDimse"]
 
@@ -168,10 +169,12 @@ class StreamingDimse(DIMSEServiceProvider):
     def _answer_refused(self, message: DIMSEMessage, context_id: int, failure: RefusedCommand) -> None:
         command = message.command_set
         logger.warning("C-STORE refused: %s", failure)
-        rsp = encode_c_store_rsp(
+        sop_class, sop_instance = (str(command.get(keyword, "") or "").strip("\0 ")
+                                   for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"))
+        rsp = encode_c_store_rsp(  # an invalid UID is not echoed: the peer's decoder may refuse it too
             int(command.get("MessageID", 0) or 0),
-            str(command.get("AffectedSOPClassUID", "") or ""),
-            str(command.get("AffectedSOPInstanceUID", "") or ""),
+            sop_class if is_valid_uid(sop_class) else "",
+            sop_instance if is_valid_uid(sop_instance) else "",
             failure.status,
         )
         pdata = P_DATA()

@@ -36,7 +36,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from dicom_node.limits import NetworkLimits
 
-__all__ = ["HardenedServer", "hardened_server_class", "printable", "start_connection"]
+__all__ = ["HardenedServer", "escape_pynetdicom_logs", "hardened_server_class", "printable", "start_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,28 @@ def printable(text: object, limit: int = 64) -> str:
     """``text`` safe for a log line: control characters escaped, cut to ``limit`` characters."""
     shown = str(text)[:limit]
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in shown)
+
+
+class _OneLine(logging.Filter):
+    """Escape control characters in a record (a peer's AE title may hold a newline); no peer-made traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = printable(message, 2000), ()
+        return True
+
+
+def escape_pynetdicom_logs() -> None:
+    """Put :class:`_OneLine` on pynetdicom's loggers: they log values taken from the peer's PDUs as they are."""
+    names = [name for name in logging.Logger.manager.loggerDict if name.split(".")[0] == "pynetdicom"]
+    for name in ["pynetdicom", *names]:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in target.filters):
+            target.addFilter(_OneLine())
 
 
 class _GuardedSocket(AssociationSocket):

@@ -47,7 +47,7 @@ from dicom_node._scan import (
     StreamScanner,
 )
 from dicom_node._storage_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
-from dicom_node._transport import hardened_server_class, printable
+from dicom_node._transport import escape_pynetdicom_logs, hardened_server_class, printable
 from dicom_node.access import AccessPolicy, Rejection
 from dicom_node.errors import DuplicateInstance, NodeError
 from dicom_node.limits import DataSetLimits, NetworkLimits
@@ -67,6 +67,8 @@ _config.LOG_HANDLER_LEVEL = "none"
 # The event-driven acceptor streams C-STORE data sets itself (dicom_node._receive); with another
 # pynetdicom series, pynetdicom's own acceptor writes them to a temporary file, never to memory.
 _config.STORE_RECV_CHUNKED_DATASET = not SUPPORTED
+# pynetdicom logs values it decoded from a peer's PDUs (AE titles) raw: one line each, escaped.
+escape_pynetdicom_logs()
 #: a data set held in memory or in pynetdicom's temporary file is scanned and copied in blocks of this size
 _COPY_BLOCK = 1 << 20
 
