@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 _BLOCK = 1 << 22
 
 
-def write_large_instance(path: Path, pixel_bytes: int) -> Path:
+def write_large_instance(path: Path, pixel_bytes: int, sop_class_uid: str = "") -> Path:
     """An MR instance (MR_small's header, new UIDs) whose Pixel Data is ``pixel_bytes`` of a repeating pattern.
 
     Frames x Rows x Columns x 16 bits equals the pixel bytes (``pixel_bytes`` rounded down
@@ -30,6 +30,8 @@ def write_large_instance(path: Path, pixel_bytes: int) -> Path:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if sop_class_uid:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
     ds.Rows, ds.Columns = rows, columns
     if frames > 1:
         ds.NumberOfFrames = frames
