@@ -124,7 +124,7 @@ class StreamingDimse(DIMSEServiceProvider):
                     self._complete(reception)
                 continue
             single = P_DATA()
-            single.presentation_data_value_list.append([context_id, data])
+            single.presentation_data_value_list.append([context_id, data])  # type: ignore[arg-type]
             super().receive_primitive(single)
             message = self.message
             if message is None:
