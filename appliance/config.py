@@ -76,7 +76,7 @@ class NodeSettings(_Section):
     listen_backlog: Annotated[int, Field(ge=1, le=65535)] = 128  #: pending connections the kernel queues
     #: data-set bytes of one instance of a SOP class not in ``max_dataset_bytes_by_sop_class``
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
-    #: data-set limit per SOP Class UID; the default lets a whole-slide instance reach 4 GiB
+    #: data-set limit per SOP Class UID, over the defaults (a whole-slide instance may reach 4 GiB)
     max_dataset_bytes_by_sop_class: dict[str, Annotated[int, Field(ge=1024)]] = Field(
         default_factory=lambda: {"1.2.840.10008.5.1.4.1.1.77.1.6": 4 << 30}
     )

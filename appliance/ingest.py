@@ -20,7 +20,7 @@ from appliance.config import Config
 from appliance.state import StateStore
 from dicom_node.access import AccessPolicy, Peer
 from dicom_node.errors import DuplicateInstance
-from dicom_node.limits import DataSetLimits, NetworkLimits
+from dicom_node.limits import DEFAULT_SOP_CLASS_LIMITS, DataSetLimits, NetworkLimits
 from dicom_node.scp import InstanceRecord, StorageSCP
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
@@ -111,7 +111,8 @@ def node_component(config: Config, store: StateStore) -> StorageSCP:
             max_connections_per_source=node.max_connections_per_source, backlog=node.listen_backlog,
         ),
         dataset_limits=DataSetLimits(
-            max_bytes=node.max_dataset_bytes, by_sop_class=dict(node.max_dataset_bytes_by_sop_class),
+            max_bytes=node.max_dataset_bytes,
+            by_sop_class={**DEFAULT_SOP_CLASS_LIMITS, **node.max_dataset_bytes_by_sop_class},
             max_inflated_bytes=node.max_inflated_bytes, max_inflate_ratio=node.max_inflate_ratio,
             max_depth=node.max_sequence_depth,
         ),

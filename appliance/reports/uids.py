@@ -9,6 +9,7 @@ re-sends the *same* instance, and a PACS de-duplicates it.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from appliance.errors import ReportError

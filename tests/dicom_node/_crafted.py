@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -29,7 +30,7 @@ def associate_rq(calling: bytes, called: bytes = b"APPLIANCE") -> bytes:
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
-def _header_bytes(**values: str) -> bytes:
+def _header_bytes(**values: str) -> tuple[bytes, str]:
     """MR_small's top-level elements without Pixel Data, Explicit VR Little Endian, new UIDs."""
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
     if "DataSetTrailingPadding" in ds:
@@ -37,14 +38,12 @@ def _header_bytes(**values: str) -> bytes:
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     for keyword, value in values.items():
         setattr(ds, keyword, value)
-    from io import BytesIO
-
-    from pydicom.filewriter import write_dataset
-
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = BytesIO()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    write_dataset(pydicom.filebase.DicomFileLike(out), ds)  # type: ignore[arg-type]
-    return out.getvalue(), str(ds.SOPInstanceUID)
+    ds.save_as(out, enforce_file_format=True)
+    encoded = out.getvalue()
+    (meta_length,) = struct.unpack_from("<I", encoded, 128 + 4 + 8)
+    return encoded[128 + 4 + 12 + meta_length :], str(ds.SOPInstanceUID)
 
 
 def write_part10(path: Path, data_set: bytes, sop_instance: str, syntax: str = str(ExplicitVRLittleEndian)) -> Path:

@@ -274,3 +274,30 @@ def test_calling_ae_title_cannot_inject_log_lines(data_dir: Path) -> None:
         assert node.wait_for_log("EVIL\\nFORGED")
         assert not any(line.startswith("FORGED") for line in node.log)
         _echo_served(node.port)
+
+
+def test_limits_come_from_the_node_configuration(data_dir: Path) -> None:
+    """The ``[node]`` keys reach the SCP; bad values are named."""
+    from appliance.config import parse_config
+    from appliance.errors import ConfigError
+    from appliance.ingest import node_component
+
+    config = parse_config({"node": {
+        "data_dir": str(data_dir), "max_pdu": 32768, "pdu_read_timeout": 5, "max_connections_per_source": 3,
+        "listen_backlog": 256, "max_dataset_bytes_by_sop_class": {"1.2.840.10008.5.1.4.1.1.4": 2048},
+        "max_inflate_ratio": 50,
+    }})
+    store = StateStore.for_data_dir(data_dir)
+    try:
+        scp = node_component(config, store)
+        assert (scp.limits.max_pdu, scp.limits.pdu_read_timeout, scp.limits.max_connections_per_source,
+                scp.limits.backlog) == (32768, 5.0, 3, 256)
+        assert scp.dataset_limits.for_sop_class("1.2.840.10008.5.1.4.1.1.4") == 2048
+        assert scp.dataset_limits.for_sop_class("1.2.840.10008.5.1.4.1.1.77.1.6") == 4 << 30  # defaults kept
+        assert scp.dataset_limits.max_inflate_ratio == 50
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="max_pdu"):
+        parse_config({"node": {"max_pdu": 0}})
+    with pytest.raises(ConfigError, match="'1.2.04' in max_dataset_bytes_by_sop_class is not a SOP Class UID"):
+        parse_config({"node": {"max_dataset_bytes_by_sop_class": {"1.2.04": 5000}}})
