@@ -55,14 +55,13 @@ def deflate_bomb(path: Path, inflated: int) -> Path:
     """A Deflated Explicit VR LE instance whose data set inflates to about ``inflated`` bytes of zeros."""
     header, sop = _header_bytes()
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [compressor.compress(header + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated))]
-    zeros = bytes(1 << 22)
-    left = inflated
-    while left:
-        take = min(left, len(zeros))
-        parts.append(compressor.compress(zeros[:take]))
-        left -= take
-    parts.append(compressor.flush())
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated)
+    parts = [compressor.compress(header + element) + compressor.flush(zlib.Z_FULL_FLUSH)]
+    block = 1 << 22
+    # after a full flush the compressor starts afresh: one compressed block of zeros repeats as it is
+    zeros = compressor.compress(bytes(block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    parts.append(zeros * (inflated // block))
+    parts.append(compressor.compress(bytes(inflated % block)) + compressor.flush())
     return write_part10(path, b"".join(parts), sop, str(DeflatedExplicitVRLittleEndian))
 
 
