@@ -19,6 +19,7 @@ can reach. ``BENCH_DIR=/dev/shm`` puts everything on tmpfs, where fsync costs
 nothing: what remains is the protocol stack's own cost.
 
     .venv/bin/python bench/ingest.py [--count 1000] [--parallel 10] [--quick] [--large-mb 1200] [--only-large]
+                                  [--large-parallel 10]
 """
 
 from __future__ import annotations
@@ -143,6 +144,34 @@ def large_instance(size_mb: int, work: Path) -> None:
     print(f"{'':>26}  our node's peak resident memory above idle while receiving: {growth:.0f} MiB")
 
 
+def large_parallel(size_mb: int, parallel: int, work: Path) -> None:
+    """``parallel`` associations each sending a large instance at once: aggregate MB/s and our peak RSS."""
+    from dicom_node.limits import VL_WHOLE_SLIDE_MICROSCOPY
+    from tests.dicom_node._large import write_large_instance
+    from tests.dicom_node._served import served_node
+
+    source = work / "large.dcm"
+    if not source.exists():
+        write_large_instance(source, size_mb << 20, VL_WHOLE_SLIDE_MICROSCOPY)
+    node_dir = work / "node-large-parallel"
+    node_dir.mkdir()
+    with served_node(node_dir, {"peers": [["STORESCU", "127.0.0.1"]]}) as node:
+        idle = node.rss_mib()
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen([str(STORESCU), "-aet", "STORESCU", "-aec", AE, "-R", "-xe", "127.0.0.1", str(node.port),
+                              str(source)], env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(parallel)
+        ]
+        if [proc.wait(timeout=3600) for proc in procs] != [0] * parallel:
+            raise RuntimeError("a storescu of the parallel large run failed")
+        seconds = time.perf_counter() - start
+        growth = node.peak_mib() - idle
+    rate = parallel * source.stat().st_size / 1e6 / seconds
+    print(f"{str(parallel) + ' x ' + str(size_mb) + ' MiB at once':>26}: our node (durable) {rate:7.0f} MB/s in all; "
+          f"peak resident memory above idle {growth:.0f} MiB")
+
+
 def durable_path_rate(files: Sequence[Path], work: Path) -> float:
     """Instances/s through the spool and the state store alone, one at a time (no DICOM)."""
     import pydicom
@@ -174,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200 instances")
     parser.add_argument("--large-mb", type=int, default=1200, help="size of the large instance (0: none)")
     parser.add_argument("--only-large", action="store_true", help="only the large instance")
+    parser.add_argument("--large-parallel", type=int, default=0,
+                        help="also send the large instance over this many associations at once (our node only)")
     args = parser.parse_args(argv)
     count = 200 if args.quick else args.count
     logging.basicConfig(level=logging.WARNING)
@@ -186,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         if args.large_mb:
             large_instance(args.large_mb, work)
+            if args.large_parallel > 1:
+                large_parallel(args.large_mb, args.large_parallel, work)
         if args.only_large:
             return 0
         files = write_mr_instances(work / "instances", count)

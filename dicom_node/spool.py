@@ -305,6 +305,14 @@ class IncomingFile:
             self._fd = -1
         return self.size
 
+    def __del__(self) -> None:
+        # a reception dropped unserved (pynetdicom refused the message, the association ended) leaves no file
+        try:
+            if self._fd >= 0:
+                self.discard()
+        except Exception:  # noqa: BLE001 - nothing may escape a finalizer
+            pass
+
     def discard(self) -> None:
         """Close (without syncing) and remove the file; safe to call twice."""
         if self._fd >= 0:
