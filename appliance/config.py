@@ -62,8 +62,37 @@ class NodeSettings(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 11112  #: port the storage SCP listens on
     data_dir: Path = Path("./var")  #: spool, outbox, state.db, engines
     min_free_bytes: Annotated[int, Field(ge=0)] = 1_000_000_000  #: below this, C-STORE answers 0xA700
-    max_pdu: Annotated[int, Field(ge=0)] = 0  #: maximum PDU we receive; 0 means unlimited
+    #: maximum PDU length we announce and enforce (PS3.8 D.1); a longer PDU is refused from its header
+    max_pdu: Annotated[int, Field(ge=4096, le=1 << 26)] = 262_144
     tls: TlsSettings = TlsSettings()
+    #: longest A-ASSOCIATE-RQ (or other non-P-DATA PDU) read, before AE titles are checked
+    max_associate_rq: Annotated[int, Field(ge=1024, le=1 << 24)] = 65_536
+    pdu_read_timeout: Annotated[float, Field(gt=0)] = 30.0  #: seconds for a started PDU to arrive whole
+    artim_timeout: Annotated[float, Field(gt=0)] = 30.0  #: seconds for the first PDU after connect (ARTIM)
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0  #: seconds an association may be silent between messages
+    tls_handshake_timeout: Annotated[float, Field(gt=0)] = 10.0  #: seconds for a TLS handshake
+    max_connections: Annotated[int, Field(ge=1)] = 64  #: open DICOM connections in total
+    max_connections_per_source: Annotated[int, Field(ge=1)] = 16  #: open DICOM connections from one address
+    listen_backlog: Annotated[int, Field(ge=1, le=65535)] = 128  #: pending connections the kernel queues
+    #: data-set bytes of one instance of a SOP class not in ``max_dataset_bytes_by_sop_class``
+    max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
+    #: data-set limit per SOP Class UID, over the defaults (a whole-slide instance may reach 4 GiB)
+    max_dataset_bytes_by_sop_class: dict[str, Annotated[int, Field(ge=1024)]] = Field(
+        default_factory=lambda: {"1.2.840.10008.5.1.4.1.1.77.1.6": 4 << 30}
+    )
+    max_inflated_bytes: Annotated[int, Field(ge=1024)] = 1 << 30  #: inflated size of a deflated data set
+    max_inflate_ratio: Annotated[float, Field(ge=2)] = 100.0  #: inflated / received bytes (past 16 MiB)
+    max_sequence_depth: Annotated[int, Field(ge=1, le=128)] = 32  #: nesting of sequences in a data set
+
+    @field_validator("max_dataset_bytes_by_sop_class")
+    @classmethod
+    def _sop_classes_are_uids(cls, value: dict[str, int]) -> dict[str, int]:
+        from dicom_node.uids import is_valid_uid
+
+        for uid in value:
+            if not is_valid_uid(uid):
+                raise ValueError(f"{uid!r} in max_dataset_bytes_by_sop_class is not a SOP Class UID")
+        return value
 
     @field_validator("tls")
     @classmethod

@@ -2,7 +2,9 @@
 
 :class:`StoreSink` is the :class:`dicom_node.scp.InstanceSink` the storage SCP
 commits to. One call is one transaction: every instance row (a SOP Instance
-UID already present is ignored, so a re-send is stored once), the series row
+UID already present under the same study and series is ignored, so a re-send is
+stored once; under another study or series the commit raises
+:class:`~dicom_node.errors.DuplicateInstance`), the series row
 (created ``open``; ``instance_count`` and ``last_received`` updated) and the
 study row. :func:`node_component` builds the storage SCP from the configuration.
 """
@@ -12,10 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from appliance.config import Config
 from appliance.state import StateStore
 from dicom_node.access import AccessPolicy, Peer
+from dicom_node.errors import DuplicateInstance
+from dicom_node.limits import DEFAULT_SOP_CLASS_LIMITS, DataSetLimits, NetworkLimits
 from dicom_node.scp import InstanceRecord, StorageSCP
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
@@ -26,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 _INSERT_INSTANCE = """
 insert or ignore into instances
-  (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, path, size, calling_ae, received_at)
-values (?, ?, ?, ?, ?, ?, ?, ?, ?)
+  (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, path, size, calling_ae, received_at,
+   header, header_syntax)
+values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _UPSERT_STUDY = """
 insert into studies (study_uid, first_received, last_received, state) values (?, ?, ?, 'open')
@@ -57,9 +63,10 @@ class StoreSink:
                 cursor = conn.execute(
                     _INSERT_INSTANCE,
                     (rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.study_uid, rec.transfer_syntax,
-                     str(rec.path), rec.size, rec.calling_ae, rec.received_at),
+                     str(rec.path), rec.size, rec.calling_ae, rec.received_at, rec.header, rec.header_syntax),
                 )
                 if cursor.rowcount != 1:
+                    _same_place(conn, rec)
                     continue  # the same SOP Instance UID again: stored once
                 conn.execute(_UPSERT_STUDY, (rec.study_uid, rec.received_at, rec.received_at))
                 conn.execute(
@@ -67,6 +74,15 @@ class StoreSink:
                     (rec.series_uid, rec.study_uid, rec.modality, rec.series_description,
                      rec.received_at, rec.received_at),
                 )
+
+
+def _same_place(conn: Any, rec: InstanceRecord) -> None:
+    """Raise :class:`DuplicateInstance` when the stored instance of this UID is in another study or series."""
+    row = conn.execute(
+        "select study_uid, series_uid from instances where sop_instance_uid = ?", (rec.sop_instance_uid,)
+    ).fetchone()
+    if row is not None and (row[0], row[1]) != (rec.study_uid, rec.series_uid):
+        raise DuplicateInstance(f"SOP Instance UID of {rec.path.name} is stored already under another study or series")
 
 
 def spool_dir(config: Config) -> Path:
@@ -88,6 +104,17 @@ def node_component(config: Config, store: StateStore) -> StorageSCP:
         sink=StoreSink(store),
         policy=policy,
         ssl_context=context,
-        max_pdu=node.max_pdu,
+        limits=NetworkLimits(
+            max_pdu=node.max_pdu, max_associate_rq=node.max_associate_rq, pdu_read_timeout=node.pdu_read_timeout,
+            artim_timeout=node.artim_timeout, idle_timeout=node.idle_timeout,
+            tls_handshake_timeout=node.tls_handshake_timeout, max_connections=node.max_connections,
+            max_connections_per_source=node.max_connections_per_source, backlog=node.listen_backlog,
+        ),
+        dataset_limits=DataSetLimits(
+            max_bytes=node.max_dataset_bytes,
+            by_sop_class={**DEFAULT_SOP_CLASS_LIMITS, **node.max_dataset_bytes_by_sop_class},
+            max_inflated_bytes=node.max_inflated_bytes, max_inflate_ratio=node.max_inflate_ratio,
+            max_depth=node.max_sequence_depth,
+        ),
     )
 

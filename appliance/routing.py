@@ -7,9 +7,14 @@ anchor with ``^...$`` for a whole-value match) in the value. Multi-valued
 elements are compared as their DICOM string form, values joined by ``\\``
 (PS3.5 section 6.4). A keyword absent from the header does not match.
 
-The header is the series' first received instance, read from the spool with
-``stop_before_pixels``. A series that matches no rule is marked ``unrouted``,
-kept, and logged by an opaque id.
+The header is the series' first received instance, as the DICOM node scanned
+it while receiving (the ``header`` stored with its row; nothing is parsed or
+inflated again); rows stored before the node kept headers are read from the
+spool with ``stop_before_pixels``. A series that matches no rule is marked
+``unrouted``, kept, and logged by an opaque id. Each series is routed on its
+own: one whose header cannot be read (or any other failure while routing it)
+is marked ``failed`` with the reason, logged by its opaque id, and the pass
+goes on with the others.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from pydicom.errors import InvalidDicomError
 from appliance.config import RouteSettings
 from appliance.errors import StudyIncomplete
 from appliance.state import StateStore
+from dicom_node.header import read_header_blob
 
-__all__ = ["first_instance_path", "match_route", "opaque_id", "read_header", "route_open_series", "value_matches"]
+__all__ = [
+    "first_instance_path", "match_route", "opaque_id", "read_header", "route_open_series", "series_header",
+    "value_matches",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,42 +99,78 @@ def read_header(path: Path) -> Dataset:
     """The instance's header without pixel data; StudyIncomplete when it cannot be read."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
-        raise StudyIncomplete(f"cannot read the header of {path.name}: {type(exc).__name__}") from None
+    except (OSError, InvalidDicomError, ValueError, EOFError, RecursionError) as exc:
+        raise StudyIncomplete(f"cannot read the header of the first instance: {type(exc).__name__}") from None
+
+
+def series_header(store: StateStore, series_uid: str) -> Dataset | None:
+    """The header of the series' first instance: the node's scanned header, else the file's; None without one."""
+    rows = store.query(
+        "select path, header, header_syntax from instances where series_uid = ? order by received_at, rowid limit 1",
+        (series_uid,),
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    if row["header"]:
+        try:
+            return read_header_blob(bytes(row["header"]), str(row["header_syntax"]))
+        except Exception as exc:  # noqa: BLE001 - a header that does not parse is this series' failure
+            raise StudyIncomplete(f"cannot read the scanned header: {type(exc).__name__}") from None
+    return read_header(Path(row["path"]))
+
+
+def _route_one(store: StateStore, routes: Sequence[RouteSettings], series_uid: str) -> tuple[bool, int | None]:
+    """(decided, route index) for one open series; raises on a failure of this series."""
+    header = series_header(store, series_uid)
+    if header is None:
+        return False, None  # a series row without instances yet: look again next time
+    index = match_route(routes, header)
+    with store.atomic() as db:
+        if index is None:
+            db.conn.execute(
+                "update series set state = 'unrouted', route = null where series_uid = ? and"
+                " coalesce(state, 'open') = 'open'",
+                (series_uid,),
+            )
+        else:
+            db.conn.execute(
+                "update series set state = 'routed', route = ? where series_uid = ? and"
+                " coalesce(state, 'open') = 'open'",
+                (index, series_uid),
+            )
+    if index is None:
+        logger.info("series %s matches no route; kept unrouted", opaque_id(series_uid))
+    else:
+        logger.info("series %s routed to %s (route %d)", opaque_id(series_uid), routes[index].pipeline, index)
+    return True, index
+
+
+def _mark_failed(store: StateStore, series_uid: str, reason: str) -> None:
+    logger.warning("series %s failed: %s", opaque_id(series_uid), reason)
+    with store.atomic() as db:
+        db.conn.execute(
+            "update series set state = 'failed', reason = ? where series_uid = ? and coalesce(state, 'open') = 'open'",
+            (reason[:200], series_uid),
+        )
 
 
 def route_open_series(store: StateStore, routes: Sequence[RouteSettings]) -> dict[str, int | None]:
-    """Route every ``open`` series: set ``route`` and state ``routed``, or state ``unrouted``.
+    """Route every ``open`` series: set ``route`` and state ``routed``, or state ``unrouted``, or ``failed``.
 
-    Returns series UID -> route index (None for unrouted) for the series routed in this call.
+    Returns series UID -> route index (None for unrouted or failed) for the series decided in this call.
     """
     decided: dict[str, int | None] = {}
     for row in store.query("select series_uid from series where coalesce(state, 'open') = 'open'"):
         series_uid = row["series_uid"]
-        path = first_instance_path(store, series_uid)
-        if path is None:
-            continue  # a series row without instances yet: look again next time
         try:
-            index = match_route(routes, read_header(path))
+            done, index = _route_one(store, routes, series_uid)
         except StudyIncomplete as exc:
-            logger.warning("series %s unrouted: %s", opaque_id(series_uid), exc)
-            index = None
-        with store.atomic() as db:
-            if index is None:
-                db.conn.execute(
-                    "update series set state = 'unrouted', route = null where series_uid = ? and"
-                    " coalesce(state, 'open') = 'open'",
-                    (series_uid,),
-                )
-            else:
-                db.conn.execute(
-                    "update series set state = 'routed', route = ? where series_uid = ? and"
-                    " coalesce(state, 'open') = 'open'",
-                    (index, series_uid),
-                )
-        if index is None:
-            logger.info("series %s matches no route; kept unrouted", opaque_id(series_uid))
-        else:
-            logger.info("series %s routed to %s (route %d)", opaque_id(series_uid), routes[index].pipeline, index)
-        decided[series_uid] = index
+            _mark_failed(store, series_uid, str(exc))
+            done, index = True, None
+        except Exception as exc:  # noqa: BLE001 - one series never stops routing of the others
+            _mark_failed(store, series_uid, f"routing failed: {type(exc).__name__}")
+            done, index = True, None
+        if done:
+            decided[series_uid] = index
     return decided

@@ -123,6 +123,14 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     db.table("clinical").create({"key": str, "values_json": str, "updated_at": float}, pk="key")
 
 
+@migration(2)
+def _scanned_headers_and_series_failures(db: sqlite_utils.Database) -> None:
+    """The node's scanned header per instance (routing reads it, not the file); why a series failed."""
+    db.table("instances").add_column("header", bytes)
+    db.table("instances").add_column("header_syntax", str)
+    db.table("series").add_column("reason", str)
+
+
 class StateStore:
     """The appliance's SQLite state, safe to share between threads.
 

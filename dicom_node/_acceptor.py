@@ -27,20 +27,22 @@ import os
 import queue
 import select
 import ssl
-import struct
 import threading
 from typing import Any
 
 import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
+
+from dicom_node._c_store import encode_c_store_rsp
+from dicom_node._receive import StreamingDimse
+from dicom_node._transport import HardenedServer, start_connection
 
 __all__ = ["SUPPORTED", "EventDrivenRequestHandler", "encode_c_store_rsp"]
 
@@ -52,33 +54,6 @@ SUPPORTED = pynetdicom.__version__.startswith("3.0.")
 #: Longest wait between checks of timers (idle, ARTIM) when nothing arrives.
 IDLE_CHECK_SECONDS = 0.05
 
-_C_STORE_RSP = 0x8001
-_NO_DATA_SET = 0x0101  # Command Data Set Type: no data set follows (PS3.7 E.1-1)
-
-
-def _element(tag: int, value: bytes) -> bytes:
-    """One Implicit VR Little Endian element (PS3.5 7.1.3)."""
-    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def _uid(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" * (len(raw) % 2)  # UI values are padded with NUL to even length (PS3.5 6.2)
-
-
-def encode_c_store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int) -> bytes:
-    """The C-STORE-RSP command set (PS3.7 Table 9.3-2) in Implicit VR Little Endian, as pynetdicom encodes it."""
-    body = b"".join(
-        (
-            _element(0x00000002, _uid(sop_class_uid)),
-            _element(0x00000100, struct.pack("<H", _C_STORE_RSP)),
-            _element(0x00000120, struct.pack("<H", message_id)),
-            _element(0x00000800, struct.pack("<H", _NO_DATA_SET)),
-            _element(0x00000900, struct.pack("<H", status)),
-            _element(0x00001000, _uid(sop_instance_uid)),
-        )
-    )
-    return _element(0x00000000, struct.pack("<I", len(body))) + body
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -214,8 +189,8 @@ class _EventDrivenDul(DULServiceProvider):
             idle = False
 
 
-class _FastDimse(DIMSEServiceProvider):
-    """DIMSE provider that encodes a plain successful C-STORE-RSP itself (no pydicom round trip)."""
+class _FastDimse(StreamingDimse):
+    """DIMSE provider that streams C-STORE data sets to disk and encodes a plain successful C-STORE-RSP itself."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (
@@ -304,7 +279,25 @@ class _EventDrivenAssociation(Association):
 
 
 class EventDrivenRequestHandler(RequestHandler):
-    """pynetdicom's request handler, building an :class:`_EventDrivenAssociation` for each connection."""
+    """pynetdicom's request handler, building an :class:`_EventDrivenAssociation` for each connection.
+
+    Runs in the connection's own thread (:mod:`dicom_node._transport`): TLS
+    handshake, read timeout and guarded socket there, then the association; the
+    thread waits for the association to end and frees the connection's slot.
+    """
+
+    def handle(self) -> None:
+        server = self.server
+        try:
+            assoc = start_connection(self)
+            if assoc is not None:
+                assoc.join()
+                abandon = getattr(assoc.dimse, "abandon", None)
+                if abandon is not None:
+                    abandon()
+        finally:
+            if isinstance(server, HardenedServer):
+                server.release_slot(self.client_address)
 
     def _create_association(self) -> Association:
         """pynetdicom's association, switched to the event-driven classes before its threads start.

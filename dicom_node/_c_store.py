@@ -6,7 +6,6 @@ instead of decoding and re-encoding them (PS3.7 9.3.1, PS3.8 9.3.5, PS3.10 7.1).
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.errors import DeliveryFailed
+from dicom_node.uids import is_valid_uid
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: PS3.7 Table 9.3-1 / E.1-1 command fields and values we encode ourselves
 _C_STORE_RQ = 0x0001
 _PRIORITY_MEDIUM = 0x0000
@@ -28,6 +27,8 @@ _DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1, Command Data Set
 COMMAND_LAST = 0x03
 DATA = 0x00
 DATA_LAST = 0x02
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101  # Command Data Set Type: no data set follows (PS3.7 E.1-1)
 _P_DATA_TF = 0x04  # PDU type (PS3.8 Table 9-22)
 PDV_OVERHEAD = 6  # PDV item length (4), presentation context ID (1), message control header (1)
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
@@ -106,7 +107,7 @@ def read_info(path: Path) -> FileInfo:
     values = []
     for keyword in _META_KEYWORDS.values():
         value = found.get(keyword, "").strip("\0 ")
-        if not _UID.match(value) or len(value) > 64:
+        if not is_valid_uid(value):
             raise UnsendableFile(f"result file {str(path)!r} has no valid {keyword} in its file meta (got {value!r})")
         values.append(value)
     return FileInfo(path, values[0], values[1], values[2], offset)
@@ -118,7 +119,7 @@ def _element(tag: int, value: bytes) -> bytes:
 
 
 def _uid_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
+    raw = uid.encode("ascii", errors="replace")
     return raw + b"\0" * (len(raw) % 2)  # UI values are padded with NUL to even length (PS3.5 6.2)
 
 
@@ -132,6 +133,24 @@ def encode_c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str
             _element(0x00000700, struct.pack("<H", _PRIORITY_MEDIUM)),
             _element(0x00000800, struct.pack("<H", _DATA_SET_PRESENT)),
             _element(0x00001000, _uid_value(sop_instance_uid)),
+        )
+    )
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def encode_c_store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int) -> bytes:
+    """The C-STORE-RSP command set (PS3.7 Table 9.3-2) in Implicit VR Little Endian, as pynetdicom encodes it.
+
+    An empty UID is left out (both are optional in a response: PS3.7 Table 9.3-2, "U(=)").
+    """
+    body = b"".join(
+        (
+            _element(0x00000002, _uid_value(sop_class_uid)) if sop_class_uid else b"",
+            _element(0x00000100, struct.pack("<H", _C_STORE_RSP)),
+            _element(0x00000120, struct.pack("<H", message_id)),
+            _element(0x00000800, struct.pack("<H", _NO_DATA_SET)),
+            _element(0x00000900, struct.pack("<H", status)),
+            _element(0x00001000, _uid_value(sop_instance_uid)) if sop_instance_uid else b"",
         )
     )
     return _element(0x00000000, struct.pack("<I", len(body))) + body

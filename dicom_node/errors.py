@@ -9,3 +9,7 @@ class NodeError(Exception):
 
 class DeliveryFailed(NodeError):
     """A C-STORE to a destination did not succeed; the message says why."""
+
+
+class DuplicateInstance(NodeError):
+    """A SOP Instance UID already stored under another study or series (PS3.3 C.12.1.1.1: UIDs are unique)."""

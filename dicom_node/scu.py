@@ -33,7 +33,9 @@ C-STORE waits for a timer. Fixes, none of which fork pynetdicom:
   not be written and read from two threads, go through the DUL's
   ``send_pdu``). Responses still come back through pynetdicom's DUL and DIMSE
   provider. pynetdicom's per-PDU debug log handlers are unbound unless its
-  debug log is on. Files that need conversion go through ``send_c_store``.
+  debug log is on. A file is read in fragments as it goes out, never whole;
+  only a file the peer wants in another uncompressed syntax goes through
+  ``send_c_store`` decoded, and only up to :data:`CONVERT_LIMIT` bytes.
 
 ``bench/deliver.py`` measures this against dcmtk ``storescu``.
 """
@@ -96,6 +98,9 @@ logger = logging.getLogger(__name__)
 #: DUL poll interval for our associations (pynetdicom's default is 1 ms)
 _DUL_LOOP_DELAY = 0.0001
 _VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class (PS3.4 A.4)
+#: a file is sent as stored, in fragments read as they go; only one whose transfer syntax the peer did not
+#: accept is decoded to be converted, and only up to this size (results are small; instances are not)
+CONVERT_LIMIT = 64 << 20
 
 
 def describe_status(code: int) -> str:
@@ -312,6 +317,16 @@ class StoreSession:
             raise DeliveryFailed(
                 f"{self.destination} accepted no presentation context for SOP class {info.sop_class_uid} "
                 f"in transfer syntax {UID(info.transfer_syntax).name}"
+            )
+        try:
+            size = info.path.stat().st_size
+        except OSError as exc:
+            raise UnsendableFile(f"result file {str(info.path)!r} cannot be read: {exc.strerror}") from None
+        if size > CONVERT_LIMIT:
+            raise DeliveryFailed(
+                f"{self.destination} accepted SOP class {info.sop_class_uid} only in another transfer syntax than "
+                f"{UID(info.transfer_syntax).name}; converting a file of {size} bytes would hold it in memory "
+                f"(limit {CONVERT_LIMIT}): let the destination accept the file's own transfer syntax"
             )
         try:
             dataset = dcmread(info.path)

@@ -5,8 +5,12 @@ Every file is written to a temporary name in its final directory, fsync'd,
 renamed, and its directory fsync'd (shared/DESIGN.md invariant 1), so after a
 crash a file either exists whole under its final name or not at all; leftover
 temporary files are removed by :meth:`Spool.remove_temporaries` at start.
-Names come only from UIDs matching ``^[0-9]+(\\.[0-9]+)*$`` of at most 64
-characters (invariant 2; PS3.5 section 9.1), never from free text.
+Names come only from UIDs that pass :func:`dicom_node.uids.is_valid_uid`
+(invariant 2; PS3.5 section 9.1), never from free text.
+
+A received instance streams into an :class:`IncomingFile` (a temporary file in
+``<root>/.incoming``, same file system) while its P-DATA arrives; only once it
+is complete and scanned is it fsync'd and renamed under its final name.
 """
 
 from __future__ import annotations
@@ -20,19 +24,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node._dataset import is_valid_uid
+from dicom_node.uids import is_valid_uid
 from dicom_node.errors import NodeError
 
-__all__ = ["InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid", "fsync_dir"]
+__all__ = [
+    "IncomingFile", "InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid", "fsync_dir",
+]
 
 logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
+INCOMING = ".incoming"  #: where instances stream in before they have a name
+#: an incoming file is written in blocks of this size (the memory it holds)
+WRITE_BLOCK = 1 << 20
+#: free space is checked again after every this many bytes of a streaming instance
+ROOM_CHECK_BYTES = 64 << 20
 _counter = itertools.count()
 
 
 class InvalidUid(NodeError):
-    """A UID that may not become part of a file name (not ``^[0-9]+(\\.[0-9]+)*$`` or over 64 characters)."""
+    """A UID that may not become part of a file name (not a valid UID per PS3.5 section 9.1)."""
 
 
 class NotDurable(NodeError):
@@ -56,7 +67,9 @@ def check_uid(value: str, what: str) -> str:
     """Return ``value`` if it is a valid UID, else raise :class:`InvalidUid` naming ``what``."""
     if not is_valid_uid(value):
         shown = value if len(value) <= 80 else value[:80] + "..."
-        raise InvalidUid(f"{what} {shown!r} is not a valid UID (digits and dots, at most 64 characters)")
+        raise InvalidUid(
+            f"{what} {shown!r} is not a valid UID (digit components without leading zeros, dots, at most 64 characters)"
+        )
     return value
 
 
@@ -164,6 +177,47 @@ class Spool:
             raise NotDurable(f"cannot store an instance in {str(self.root)!r}: {exc.strerror}") from None
         return SpooledFile(final, size, created=True)
 
+    def incoming(self) -> IncomingFile:
+        """A new temporary file for an instance that streams in (see :class:`IncomingFile`)."""
+        self.check_room(0)
+        directory = self.root / INCOMING
+        self._make_dirs(directory)
+        temp = directory / f"{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise NotDurable(f"cannot create {str(temp)!r}: {exc.strerror}") from None
+        return IncomingFile(self, temp, fd)
+
+    def place(self, incoming: IncomingFile, study_uid: str, series_uid: str, sop_instance_uid: str,
+              sync_dir: bool = True) -> SpooledFile:
+        """Make a complete :class:`IncomingFile` durable under its final name (fsync, rename, directory fsync).
+
+        When the final file exists already (a re-send) the incoming one is removed and
+        the existing one returned with ``created=False``.
+        """
+        final = self.path_for(study_uid, series_uid, sop_instance_uid)
+        size = incoming.close()
+        if final.exists():
+            incoming.discard()
+            if sync_dir:
+                try:
+                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+                except OSError as exc:
+                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
+            return SpooledFile(final, final.stat().st_size, created=False)
+        renamed = False
+        try:
+            self._make_dirs(final.parent)
+            os.rename(incoming.path, final)
+            renamed = True
+            if sync_dir:
+                fsync_dir(final.parent)
+        except OSError as exc:
+            _unlink_quietly(final if renamed else incoming.path)
+            raise NotDurable(f"cannot store an instance in {str(self.root)!r}: {exc.strerror}") from None
+        return SpooledFile(final, size, created=True)
+
     def discard(self, path: Path) -> None:
         """Remove a file written by :meth:`write` whose row could not be committed."""
         _unlink_quietly(path)
@@ -195,3 +249,74 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class IncomingFile:
+    """An instance being received: written in blocks of :data:`WRITE_BLOCK` bytes as it arrives, fsync'd on close.
+
+    Holds at most one block in memory. :meth:`write` raises :class:`NotDurable`
+    (or :class:`SpoolFull`) when the file cannot be written; the owner then
+    discards it (:meth:`discard`). :meth:`Spool.place` gives it its final name.
+    """
+
+    def __init__(self, spool: Spool, path: Path, fd: int) -> None:
+        self.spool = spool
+        self.path = path
+        self._fd = fd
+        self._block = bytearray()
+        self.size = 0
+        self._checked = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``; raises :class:`NotDurable` when the disk refuses it."""
+        self._block += data
+        self.size += len(data)
+        if len(self._block) >= WRITE_BLOCK:
+            self._flush()
+        if self.size - self._checked >= ROOM_CHECK_BYTES:
+            self._checked = self.size
+            self.spool.check_room(0)
+
+    def _flush(self) -> None:
+        view = memoryview(self._block)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"spool {str(self.spool.root)!r} is full: {exc.strerror}") from None
+            raise NotDurable(f"cannot write {str(self.path)!r}: {exc.strerror}") from None
+        finally:
+            view.release()
+        self._block.clear()
+
+    def close(self) -> int:
+        """Write what is buffered, fsync and close; return the file's size."""
+        if self._fd < 0:
+            return self.size
+        try:
+            self._flush()
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise NotDurable(f"cannot sync {str(self.path)!r}: {exc.strerror}") from None
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        return self.size
+
+    def __del__(self) -> None:
+        # a reception dropped unserved (pynetdicom refused the message, the association ended) leaves no file
+        try:
+            if self._fd >= 0:
+                self.discard()
+        except Exception:  # noqa: BLE001 - nothing may escape a finalizer
+            pass
+
+    def discard(self) -> None:
+        """Close (without syncing) and remove the file; safe to call twice."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._block = bytearray()
+        _unlink_quietly(self.path)

@@ -13,12 +13,11 @@ import re
 import uuid
 
 from appliance.errors import ReportError
+from dicom_node.uids import is_valid_uid
 
 #: The appliance's UUID namespace (a fixed, random UUID; never change it).
 APPLIANCE_NAMESPACE = uuid.UUID("6f1c8a52-3d0e-4b7a-9a43-2e5d1c0b7f19")
 UID_ROOT = "2.25"
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_MAX_UID_LENGTH = 64
 
 #: Object kinds with their own series (one series per kind and job).
 KINDS = ("sr", "seg", "sc")
@@ -34,7 +33,7 @@ def uid_from_name(*parts: str) -> str:
 
 def check_uid(value: str) -> str:
     """Return ``value`` if it is a valid UID (PS3.5 §9.1), else raise :class:`ReportError`."""
-    if not isinstance(value, str) or len(value) > _MAX_UID_LENGTH or not _UID.match(value):
+    if not is_valid_uid(value):
         raise ReportError(f"{value!r} is not a valid UID: digits and dots, no leading zeros, at most 64 characters")
     return value
 

@@ -87,9 +87,52 @@ def test_route_open_series_reads_spool(data_dir: Path, caplog: pytest.LogCapture
         assert secret not in caplog.text
 
 
-def test_unreadable_first_instance_is_unrouted(data_dir: Path) -> None:
+def test_unreadable_first_instance_fails_its_series_only(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unreadable instance marks its series failed with a reason; the other series are still routed."""
     store = StateStore.for_data_dir(data_dir)
-    series = generate_uid()
-    path = spool_instance(store, data_dir, generate_uid(), series)
+    study, bad, good = generate_uid(), generate_uid(), generate_uid()
+    path = spool_instance(store, data_dir, study, bad)
     path.write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes()[:100])
-    assert route_open_series(store, ROUTES) == {series: None}
+    spool_instance(store, data_dir, study, good, modality="SM")
+    with caplog.at_level(logging.INFO):
+        decided = route_open_series(store, ROUTES)
+    assert decided[bad] is None and decided[good] is not None
+    rows = {r["series_uid"]: (r["state"], r["reason"]) for r in store.query("select series_uid, state, reason from series")}
+    assert rows[bad][0] == "failed" and "cannot read the header" in rows[bad][1]
+    assert rows[good][0] == "routed"
+    assert bad not in caplog.text and opaque_id(bad) in caplog.text
+
+
+def test_deeply_nested_instance_fails_its_series_and_routing_goes_on(data_dir: Path) -> None:
+    """Issue 15 finding 5: a header whose reading recurses too deep stops only its own series, every pass."""
+    from tests.dicom_node._crafted import deeply_nested
+
+    store = StateStore.for_data_dir(data_dir)
+    study, bad = generate_uid(), generate_uid()
+    path = spool_instance(store, data_dir, study, bad)
+    deeply_nested(path, 3000)
+    assert route_open_series(store, ROUTES) == {bad: None}
+    (row,) = store.query("select state, reason from series")
+    assert row["state"] == "failed" and "RecursionError" in row["reason"]
+    later = generate_uid()
+    spool_instance(store, data_dir, study, later, modality="SM")
+    assert route_open_series(store, ROUTES) == {later: 1}
+
+
+def test_routing_reads_the_scanned_header_not_the_file(data_dir: Path) -> None:
+    """The node's scanned header is what routing matches; the spooled file is not opened again."""
+    from dataclasses import replace
+
+    from appliance.ingest import StoreSink
+    from dicom_node._scan import scan_dataset
+    from dicom_node.scp import InstanceRecord
+    from tests.dicom_node._node import dataset_bytes
+
+    store = StateStore.for_data_dir(data_dir)
+    source = Path(get_testdata_file("MR_small.dcm"))
+    scanned = scan_dataset(dataset_bytes(source), "1.2.840.10008.1.2.1")
+    series = scanned.series_uid
+    record = InstanceRecord(scanned.sop_instance_uid, scanned.sop_class_uid, scanned.study_uid, series, "MR", "",
+                            "1.2.840.10008.1.2.1", data_dir / "absent.dcm", 1, "SCANNER1", 1.0)
+    StoreSink(store).commit([replace(record, header=scanned.blob, header_syntax=scanned.blob_syntax)])
+    assert route_open_series(store, ROUTES) == {series: 2}  # Modality MR, no DCE description: route 2

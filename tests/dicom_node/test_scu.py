@@ -234,3 +234,39 @@ def test_tls_delivery_sends_as_stored_and_checks_the_server(tmp_path: Path) -> N
         with pytest.raises(DeliveryFailed, match="cannot connect to raw .* TLS handshake failed"):
             StorageSCU(timeout=10).echo(untrusting)
     assert received == [_data_set_bytes(p) for p in sources]
+
+
+def test_large_file_is_sent_in_fragments_never_read_whole(tmp_path: Path) -> None:
+    """A 96 MiB file goes out as stored while the sender's Python allocations stay a few MiB."""
+    import tracemalloc
+
+    from tests.dicom_node._large import data_set_digest, write_large_instance
+
+    source = write_large_instance(tmp_path / "large.dcm", 96 << 20)
+    with running_storescp(tmp_path / "out") as port:
+        tracemalloc.start()
+        try:
+            results = StorageSCU("APPLIANCE", timeout=60).send_files(
+                Destination("scp", "STORESCP", "127.0.0.1", port), [source]
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert results[0].ok, results[0].error
+    assert peak < 24 << 20, f"the sender allocated {peak >> 20} MiB at its peak"
+    (received,) = (tmp_path / "out").iterdir()
+    assert data_set_digest(received) == data_set_digest(source)
+
+
+def test_conversion_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a small file is decoded for conversion; a larger one fails with the reason instead."""
+    from dicom_node import scu as scu_module
+
+    monkeypatch.setattr(scu_module, "CONVERT_LIMIT", 1024)
+    path = write_mr_instances(tmp_path / "in", 1, study_each=True)[0]
+    received: list[pydicom.Dataset] = []
+    with _implicit_only_scp(received) as port:
+        results = StorageSCU(timeout=10).send_files(Destination("scp", "IMPLICIT", "127.0.0.1", port), [path])
+    assert not received and results[0].error is not None
+    with pytest.raises(DeliveryFailed, match=r"converting a file of \d+ bytes would hold it in memory \(limit 1024\)"):
+        raise results[0].error
