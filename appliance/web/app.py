@@ -42,7 +42,7 @@ HealthCheck = Callable[[], bool]
 def _registry(config: Config, store: StateStore) -> Any:
     from engines.registry import Registry
 
-    return Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit)
+    return Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit, **config.engine_options)
 
 
 def _ago(at: float) -> str:
