@@ -133,7 +133,8 @@ def register(app: typer.Typer) -> None:
                     from export.triton_repo import write_triton_model
 
                     for p, result in report.results.items():
-                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card)
+                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card,
+                                           batch_sizes=spec.batch_sizes)
                     say("triton", f"{name}: model repository entries in {triton}")
                 if tensorrt:
                     from export.tensorrt_build import TrtBuildSettings, build_engine, describe
