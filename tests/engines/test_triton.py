@@ -345,3 +345,30 @@ def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
         engines.close()
         store.close()
     assert len(scores) == 2 and abs(scores[1] - ref) <= 1e-5
+
+
+def test_endpoint_state_on_the_dashboard_and_in_metrics(tmp_path: Path, registry: Registry, vendor_pem: bytes,
+                                                       models: dict[str, Path], servers: list[TritonServer]) -> None:
+    from fastapi.testclient import TestClient
+
+    from appliance.web.app import create_app
+
+    closed = f"grpc://127.0.0.1:{free_port()}"
+    config = parse_config({"node": {"data_dir": str(tmp_path / "var")},
+                           "triton": {"endpoints": [servers[0].grpc_url, closed], "max_inflight": 2}})
+    site = Registry(registry.root, registry.trusted_keys_dir, **config.engine_options)
+    site.install(_linear_bundle(tmp_path, vendor_pem, models), "tester")
+    site.activate("test_task", "1.0", "tester")
+    store = StateStore(tmp_path / "state.db")
+    try:
+        with site.load_active("test_task") as engine, TestClient(create_app(config, store)) as client:
+            engine.infer({"x": golden_inputs()["x"]})
+            page = client.get("/").text
+            metrics = client.get("/metrics").text
+    finally:
+        store.close()
+    assert "Triton endpoints" in page and servers[0].grpc_url in page and closed in page
+    assert "Connection refused" in page or "failed to connect" in page
+    assert f'appliance_triton_endpoint_healthy{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
+    assert f'appliance_triton_endpoint_healthy{{endpoint="{closed}",model="linear"}} 0.0' in metrics
+    assert f'appliance_triton_endpoint_requests_total{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
