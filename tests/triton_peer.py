@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRITON_PYTHON = Path(os.environ.get("TRITON_VENV", ROOT / ".venv-triton")) / "bin" / "python"
 SERVE_SCRIPT = Path(__file__).with_name("_triton_serve.py")
 START_TIMEOUT = 120.0
+SHM = "/dev/shm"
 
 
 def triton_available() -> bool:
@@ -62,6 +63,7 @@ class TritonServer:
     http_port: int = 0
     grpc_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _shm_before: set[str] = field(default_factory=set, repr=False)
 
     @property
     def grpc_url(self) -> str:
@@ -77,7 +79,14 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Start on fresh ports (or the ones it had: a restart keeps its URLs) and wait until ready."""
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting (to start several servers at once, then :meth:`wait_ready`)."""
         require_triton()
+        self._shm_before = _shm_files()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
@@ -90,10 +99,8 @@ class TritonServer:
             self.process = subprocess.Popen([str(TRITON_PYTHON), str(SERVE_SCRIPT), str(spec)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
                                             start_new_session=True)
-        self._wait_ready()
-        return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         urls = [f"{self.http_url}/v2/health/ready"] + [f"{self.http_url}/v2/models/{m['name']}/ready" for m in self.models]
         while time.monotonic() < deadline:
@@ -122,6 +129,7 @@ class TritonServer:
             pass
         self.process.wait(timeout=30)
         self.process = None
+        _remove_orphaned_shm(_shm_files() - self._shm_before)
 
     def stop(self) -> None:
         """Ask politely (SIGINT), then kill what is left of the group."""
@@ -133,6 +141,35 @@ class TritonServer:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
         self.kill()
+
+
+def _shm_files() -> set[str]:
+    try:
+        return set(os.listdir(SHM))
+    except OSError:
+        return set()
+
+
+def _remove_orphaned_shm(names: set[str]) -> None:
+    """Shared-memory segments a killed server left behind (PyTriton's tensors), unless a process still maps them."""
+    if not names:
+        return
+    used: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                used.update(line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/" in line)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(SHM + "/"):
+                    used.add(target[len(SHM) + 1:].split()[0])
+        except OSError:
+            continue
+    for name in names - used:
+        try:
+            os.unlink(os.path.join(SHM, name))
+        except OSError:
+            pass
 
 
 def _ok(url: str) -> bool:

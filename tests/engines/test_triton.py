@@ -57,29 +57,36 @@ def _pair(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     require_triton()
     c = card()
     wrong_inputs = [{**c["inputs"][0], "name": "features"}]
-    spec = [
+    common = [
         served_model("linear", models["linear"], c["inputs"], c["outputs"], max_batch_size=16),
-        served_model("linear_wrong", models["linear"], wrong_inputs, c["outputs"], max_batch_size=16),
         served_model("tile", models["tile"], TILE_CARD["inputs"], TILE_CARD["outputs"], max_batch_size=64),
         served_model("slide", models["slide"], SLIDE_CARD["inputs"], SLIDE_CARD["outputs"], batching=False),
     ]
-    pair = [TritonServer(tmp_path_factory.mktemp(f"triton-{i}"), spec) for i in range(2)]
+    wrong = served_model("linear_wrong", models["linear"], wrong_inputs, c["outputs"], max_batch_size=16)
+    pair = [TritonServer(tmp_path_factory.mktemp(f"triton-{i}"), spec)
+            for i, spec in enumerate([[*common, wrong], common])]
     try:
-        for server in pair:
-            server.start()
+        _start(pair)
         yield pair
     finally:
         for server in pair:
-            server.stop()
+            server.kill()
+
+
+def _start(servers: list[TritonServer]) -> None:
+    """Start the servers that are not running, all at once."""
+    down = [s for s in servers if s.process is None or s.process.poll() is not None]
+    for server in down:
+        server.process = None
+        server.launch()
+    for server in down:
+        server.wait_ready()
 
 
 @pytest.fixture
 def servers(_pair: list[TritonServer]) -> list[TritonServer]:
     """Both servers running (a test before may have killed one)."""
-    for server in _pair:
-        if server.process is None or server.process.poll() is not None:
-            server.process = None
-            server.start()
+    _start(_pair)
     return _pair
 
 
@@ -203,6 +210,33 @@ def test_triton_section_of_the_configuration() -> None:
         parse_config({"triton": {"max_inflight": 0}})
 
 
+def test_endpoint_state_on_the_dashboard_and_in_metrics(tmp_path: Path, registry: Registry, vendor_pem: bytes,
+                                                       models: dict[str, Path], servers: list[TritonServer]) -> None:
+    from fastapi.testclient import TestClient
+
+    from appliance.web.app import create_app
+
+    closed = f"grpc://127.0.0.1:{free_port()}"
+    config = parse_config({"node": {"data_dir": str(tmp_path / "var")},
+                           "triton": {"endpoints": [servers[0].grpc_url, closed], "max_inflight": 2}})
+    site = Registry(registry.root, registry.trusted_keys_dir, **config.engine_options)
+    site.install(_linear_bundle(tmp_path, vendor_pem, models), "tester")
+    site.activate("test_task", "1.0", "tester")
+    store = StateStore(tmp_path / "state.db")
+    try:
+        with site.load_active("test_task") as engine, TestClient(create_app(config, store)) as client:
+            engine.infer({"x": golden_inputs()["x"]})
+            page = client.get("/").text
+            metrics = client.get("/metrics").text
+    finally:
+        store.close()
+    assert "Triton endpoints" in page and servers[0].grpc_url in page and closed in page
+    assert "Connection refused" in page or "failed to connect" in page
+    assert f'appliance_triton_endpoint_healthy{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
+    assert f'appliance_triton_endpoint_healthy{{endpoint="{closed}",model="linear"}} 0.0' in metrics
+    assert f'appliance_triton_endpoint_requests_total{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
+
+
 # ---------------------------------------------------------------------- a slide through the pool
 
 
@@ -217,6 +251,20 @@ def slide_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pathology(tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path],
               servers: list[TritonServer]) -> Registry:
     """The tiny tile and slide engines installed as Triton bundles on both servers (golden set on each)."""
+    return _install_pathology(tmp_path, registry, vendor_pem, models, servers)
+
+
+@pytest.fixture
+def pathology_any(tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path],
+                  _pair: list[TritonServer]) -> Registry:
+    """The same, with one server possibly down (a test before killed it): the pool does without it."""
+    if all(s.process is None for s in _pair):
+        _start(_pair)
+    return _install_pathology(tmp_path, registry, vendor_pem, models, _pair)
+
+
+def _install_pathology(tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path],
+                       servers: list[TritonServer]) -> Registry:
     site = _site(registry, servers[0].grpc_url, servers[1].grpc_url)
     tile_golden = {"image": np.random.default_rng(1).random((2, 3, TILE, TILE), np.float32)}
     slide_golden = {"embeddings": np.random.default_rng(2).random((5, DIM), np.float32)}
@@ -288,28 +336,10 @@ def test_slide_through_two_servers_matches_local_and_survives_a_kill(
         assert "Connection refused" in states[killed[0]].last_error
 
 
-def test_infer_many_keeps_batches_in_flight_on_both_servers_in_order(
-    pathology: Registry, servers: list[TritonServer],
-) -> None:
-    rng = np.random.default_rng(9)
-    batches = [{"image": rng.random((8, 3, TILE, TILE), np.float32)} for _ in range(12)]
-    local = _local(pathology, "pathology_tile")
-    want = [local.infer(b)["embedding"] for b in batches]
-    with pathology.load_active("pathology_tile") as tile:
-        got = [o["embedding"] for o in tile.infer_many(iter(batches))]
-        served = {s.url: s.requests for s in tile.pool.states()}  # type: ignore[attr-defined]
-        assert all(n >= 1 for n in served.values()), served  # the least-loaded endpoint gets each batch
-        for i, out in enumerate(tile.infer_many(batches)):
-            if i == 3:
-                servers[0].kill()  # kill -9 while batches are in flight: they are resent to the other server
-            np.testing.assert_allclose(out["embedding"], want[i], atol=1e-5)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-5)
-
-
 def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
-    tmp_path: Path, pathology: Registry, slide_file: Path, servers: list[TritonServer],
+    tmp_path: Path, pathology_any: Registry, slide_file: Path, _pair: list[TritonServer],
 ) -> None:
+    pathology, servers = pathology_any, _pair
     from appliance.pathology.pipeline import PathologySettings, run_slide_file
 
     ref = _run(slide_file, _local(pathology, "pathology_tile"), _local(pathology, "pathology_slide"))[1]
@@ -337,8 +367,7 @@ def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
             job = queue.get(second)
             assert job.state == "queued" and job.attempts == 0, (job.state, job.reason)
             assert "waiting for the engine" in job.reason and "no Triton endpoint" in job.reason
-        for server in servers:
-            server.start()
+        _start(servers)
         assert worker.run_once() is not None
         assert queue.get(second).state == "succeeded", queue.get(second).reason
     finally:
@@ -347,28 +376,20 @@ def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
     assert len(scores) == 2 and abs(scores[1] - ref) <= 1e-5
 
 
-def test_endpoint_state_on_the_dashboard_and_in_metrics(tmp_path: Path, registry: Registry, vendor_pem: bytes,
-                                                       models: dict[str, Path], servers: list[TritonServer]) -> None:
-    from fastapi.testclient import TestClient
-
-    from appliance.web.app import create_app
-
-    closed = f"grpc://127.0.0.1:{free_port()}"
-    config = parse_config({"node": {"data_dir": str(tmp_path / "var")},
-                           "triton": {"endpoints": [servers[0].grpc_url, closed], "max_inflight": 2}})
-    site = Registry(registry.root, registry.trusted_keys_dir, **config.engine_options)
-    site.install(_linear_bundle(tmp_path, vendor_pem, models), "tester")
-    site.activate("test_task", "1.0", "tester")
-    store = StateStore(tmp_path / "state.db")
-    try:
-        with site.load_active("test_task") as engine, TestClient(create_app(config, store)) as client:
-            engine.infer({"x": golden_inputs()["x"]})
-            page = client.get("/").text
-            metrics = client.get("/metrics").text
-    finally:
-        store.close()
-    assert "Triton endpoints" in page and servers[0].grpc_url in page and closed in page
-    assert "Connection refused" in page or "failed to connect" in page
-    assert f'appliance_triton_endpoint_healthy{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
-    assert f'appliance_triton_endpoint_healthy{{endpoint="{closed}",model="linear"}} 0.0' in metrics
-    assert f'appliance_triton_endpoint_requests_total{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
+def test_infer_many_keeps_batches_in_flight_on_both_servers_in_order(
+    pathology: Registry, servers: list[TritonServer],
+) -> None:
+    rng = np.random.default_rng(9)
+    batches = [{"image": rng.random((8, 3, TILE, TILE), np.float32)} for _ in range(12)]
+    local = _local(pathology, "pathology_tile")
+    want = [local.infer(b)["embedding"] for b in batches]
+    with pathology.load_active("pathology_tile") as tile:
+        got = [o["embedding"] for o in tile.infer_many(iter(batches))]
+        served = {s.url: s.requests for s in tile.pool.states()}  # type: ignore[attr-defined]
+        assert all(n >= 1 for n in served.values()), served  # the least-loaded endpoint gets each batch
+        for i, out in enumerate(tile.infer_many(batches)):
+            if i == 3:
+                servers[0].kill()  # kill -9 while batches are in flight: they are resent to the other server
+            np.testing.assert_allclose(out["embedding"], want[i], atol=1e-5)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
