@@ -19,6 +19,7 @@ queue.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -52,6 +53,17 @@ class _EndpointFailed(Exception):
     """The endpoint, not the request, failed: take it out and resend the batch."""
 
 
+class _HttpSlot:
+    """A slot of an HTTP endpoint: tritonclient's HTTP client (gevent) only works in the thread that made it,
+    so each thread resolves the slot to a client of its own (:meth:`TritonEngine._resolve`)."""
+
+    def __init__(self, address: str, tls: bool) -> None:
+        self.address, self.tls = address, tls
+
+    def close(self) -> None:
+        """Nothing to release: the clients belong to the threads that use them."""
+
+
 class TritonEngine(Engine):
     """A model served by a pool of Triton servers (see the module docstring)."""
 
@@ -78,6 +90,7 @@ class TritonEngine(Engine):
             raise BundleRejected(f"bundle {manifest.key}: a Triton bundle must record model_name")
         self.model_version = str(manifest.backend.get("model_version") or "")
         self.timeout = float(timeout)
+        self._local = threading.local()
         self.pool = EndpointPool(self.model_name, urls, max_inflight, self._client, self._check)
         try:
             self._admit_all()
@@ -94,13 +107,25 @@ class TritonEngine(Engine):
             import tritonclient.grpc as grpcclient
 
             return grpcclient.InferenceServerClient(url=address, ssl=tls)
+        return _HttpSlot(address, tls)
+
+    def _resolve(self, client: Any) -> Any:
+        """The client to call: an HTTP slot becomes this thread's client of that endpoint."""
+        if not isinstance(client, _HttpSlot):
+            return client
         import tritonclient.http as httpclient
 
-        return httpclient.InferenceServerClient(url=address, ssl=tls, connection_timeout=self.timeout,
-                                                network_timeout=self.timeout)
+        clients: dict[tuple[str, bool], Any] = self._local.__dict__.setdefault("http", {})
+        key = (client.address, client.tls)
+        if key not in clients:
+            clients[key] = httpclient.InferenceServerClient(url=client.address, ssl=client.tls, concurrency=1,
+                                                            connection_timeout=self.timeout,
+                                                            network_timeout=self.timeout)
+        return clients[key]
 
     def _check(self, url: str, client: Any) -> None:
         """Server and model ready, and the model's metadata matches the card (BundleRejected if not)."""
+        client = self._resolve(client)
         try:
             if not client.is_server_ready():
                 raise _EndpointFailed("server is not ready")
@@ -168,6 +193,7 @@ class TritonEngine(Engine):
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
+        client = self._resolve(client)
         grpc = isinstance(client, grpcclient.InferenceServerClient)
         module: Any = grpcclient if grpc else httpclient
         request = []
