@@ -18,13 +18,16 @@ from typing import Any
 from engines.files import atomic_write
 from export.errors import ExportError
 
-__all__ = ["PLATFORMS", "config_pbtxt", "model_config", "write_triton_model"]
+__all__ = ["PLATFORMS", "TRITON_VERSION_SUFFIX", "config_pbtxt", "model_config", "write_triton_bundle",
+           "write_triton_model"]
 
 #: model file suffix -> Triton platform
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
           "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 MAX_QUEUE_DELAY_MICROSECONDS = 2000
+#: appended to the version of the bundle a Triton bundle is made from, so both can be installed side by side
+TRITON_VERSION_SUFFIX = ".triton"
 
 
 def _preferred(batch_sizes: Sequence[int], max_batch_size: int) -> list[int]:
@@ -87,3 +90,23 @@ def write_triton_model(
     text = config_pbtxt(name, model_card, platform, max_batch, batch_sizes)
     atomic_write(model_dir / "config.pbtxt", text.encode("utf-8"))
     return model_dir
+
+
+def write_triton_bundle(bundle: Path, out_dir: Path, model_name: str, private_key_pem: bytes) -> Path:
+    """A signed Triton bundle from an ONNX Runtime or TensorRT bundle: same card, files and golden set.
+
+    The backend becomes ``{"name": "triton", "model_name": model_name}`` (the entry
+    :func:`write_triton_model` made in the site's repository) and the version gains
+    :data:`TRITON_VERSION_SUFFIX`. The model file stays in the bundle: it is what the
+    site deploys, and the hashes tie the served model to the signed one.
+    """
+    from engines.bundle import write_bundle
+    from engines.manifest import MANIFEST_NAME, Manifest, parse_manifest_bytes
+
+    manifest = Manifest.from_dict(parse_manifest_bytes((bundle / MANIFEST_NAME).read_bytes()))
+    fields = {k: v for k, v in manifest.raw.items() if k not in ("format", "files")}
+    fields["backend"] = {"name": "triton", "model_name": model_name}
+    fields["version"] = manifest.version + TRITON_VERSION_SUFFIX
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return write_bundle(out_dir, fields, {name: bundle / name for name in manifest.files}, private_key_pem)
