@@ -46,7 +46,8 @@ TRITON_DATATYPES = {
 }
 #: gRPC status codes of a request the server understood and refused: resending it elsewhere would not help
 _REQUEST_ERRORS = ("StatusCode.INVALID_ARGUMENT", "StatusCode.INTERNAL", "400")
-_ENDPOINT_HINTS = ("not found", "not ready", "unavailable", "unknown model")
+#: words of an error that is the server's state, not the batch's (a model unloaded, a backend stub that died)
+_ENDPOINT_HINTS = ("not found", "not ready", "unavailable", "unknown model", "not healthy", "unhealthy", "stub")
 
 
 class _EndpointFailed(Exception):
@@ -126,13 +127,15 @@ class TritonEngine(Engine):
     def _check(self, url: str, client: Any) -> None:
         """Server and model ready, and the model's metadata matches the card (BundleRejected if not)."""
         client = self._resolve(client)
+        # gRPC calls take a deadline; the HTTP client has its network timeout
+        kw = {} if isinstance(client, _http_client_type()) else {"client_timeout": self.timeout}
         try:
-            if not client.is_server_ready():
+            if not client.is_server_ready(**kw):
                 raise _EndpointFailed("server is not ready")
-            if not client.is_model_ready(self.model_name, self.model_version):
+            if not client.is_model_ready(self.model_name, self.model_version, **kw):
                 raise _EndpointFailed(f"model {self.model_name!r} is not ready")
-            metadata = _json(client.get_model_metadata(self.model_name, self.model_version))
-            config = _json(client.get_model_config(self.model_name, self.model_version))
+            metadata = _json(client.get_model_metadata(self.model_name, self.model_version, **kw))
+            config = _json(client.get_model_config(self.model_name, self.model_version, **kw))
         except _EndpointFailed:
             raise
         except Exception as exc:  # tritonclient and its transports raise many types
@@ -263,6 +266,12 @@ class TritonEngine(Engine):
 
 
 # ---------------------------------------------------------------------- metadata against the card
+
+
+def _http_client_type() -> type:
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient  # type: ignore[no-any-return]
 
 
 def _json(value: Any) -> dict[str, Any]:
