@@ -237,6 +237,32 @@ def test_endpoint_state_on_the_dashboard_and_in_metrics(tmp_path: Path, registry
     assert f'appliance_triton_endpoint_requests_total{{endpoint="{servers[0].grpc_url}",model="linear"}} 1.0' in metrics
 
 
+def test_a_hung_server_times_out_and_its_batch_goes_to_the_other(
+    tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path], servers: list[TritonServer],
+) -> None:
+    import os
+    import signal
+
+    site = Registry(registry.root, registry.trusted_keys_dir, triton_timeout=2.0,
+                    triton_endpoints=(servers[0].grpc_url, servers[1].grpc_url))
+    site.install(_linear_bundle(tmp_path, vendor_pem, models), "tester")
+    site.activate("test_task", "1.0", "tester")
+    x = np.random.default_rng(3).standard_normal((4, IN_FEATURES)).astype(np.float32)
+    want = run_direct(models["linear"], {"x": x})["y"]
+    with site.load_active("test_task") as engine:
+        assert servers[0].process is not None
+        os.killpg(servers[0].process.pid, signal.SIGSTOP)  # alive but silent: only a deadline finds out
+        try:
+            outs = [engine.infer({"x": x})["y"] for _ in range(3)]
+        finally:
+            os.killpg(servers[0].process.pid, signal.SIGCONT)
+        states = {s.url: s for s in engine.pool.states()}  # type: ignore[attr-defined]
+    for out in outs:
+        np.testing.assert_allclose(out, want, atol=1e-6)
+    assert not states[servers[0].grpc_url].healthy and "Deadline" in states[servers[0].grpc_url].last_error
+    assert states[servers[1].grpc_url].requests == 3
+
+
 # ---------------------------------------------------------------------- a slide through the pool
 
 
