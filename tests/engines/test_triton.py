@@ -170,6 +170,18 @@ def test_model_not_matching_the_card_is_refused_at_install(
     assert site.list() == []
 
 
+def test_a_server_whose_model_answers_differently_is_refused_at_install(
+    tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path], servers: list[TritonServer],
+) -> None:
+    """Same names, datatypes and shapes, other weights: only the golden set, run on each server, can tell."""
+    other = linear_model(tmp_path / "other.onnx", seed=5)
+    site = _site(registry, servers[0].grpc_url, servers[1].http_url)
+    bundle = _bundle(tmp_path / "b", vendor_pem, other, "linear", card(), "test_task", golden_inputs(), [1, 16])
+    with pytest.raises(BundleRejected, match=r"golden set failed on grpc://127\.0\.0\.1:\d+: output 'y' differs"):
+        site.install(bundle, "tester")
+    assert site.list() == []
+
+
 def test_unreachable_pool_refuses_install_and_load_is_unavailable(tmp_path: Path, registry: Registry,
                                                                   vendor_pem: bytes, models: dict[str, Path]) -> None:
     closed = [f"grpc://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
