@@ -42,7 +42,7 @@ from engines.compat import check_compat
 from engines.errors import BundleRejected, EngineError, RuntimeMissing
 from engines.manifest import MANIFEST_NAME, TASK_RE, VERSION_RE, Manifest, parse_manifest_bytes
 
-__all__ = ["AuditFn", "EngineRecord", "Registry", "run_golden"]
+__all__ = ["AuditFn", "EngineRecord", "Registry", "golden_error", "run_golden"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +86,14 @@ def run_golden(engine: Engine, bundle: VerifiedBundle) -> dict[str, float]:
     errors: dict[str, float] = {}
     for where, actual in runs.items():
         for name, want in expected.items():
-            err = _golden_error(bundle.manifest.key, where, name, actual, want, atol, rtol)
+            err = golden_error(bundle.manifest.key, where, name, actual, want, atol, rtol)
             errors[name] = max(err, errors.get(name, 0.0))
     return errors
 
 
-def _golden_error(key: str, where: str, name: str, actual: dict[str, np.ndarray], want: np.ndarray,
-                  atol: float, rtol: float) -> float:
+def golden_error(key: str, where: str, name: str, actual: dict[str, np.ndarray], want: np.ndarray,
+                 atol: float, rtol: float) -> float:
+    """Max abs error of output ``name`` against the golden ``want``; BundleRejected naming ``where`` if out of tolerance."""
     if name not in actual:
         raise BundleRejected(f"golden set of {key} expects output {name!r}, which the engine lacks")
     got = actual[name]

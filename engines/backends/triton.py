@@ -1,11 +1,14 @@
 """Remote Triton Inference Server backend: ``tritonclient`` (gRPC, or HTTP with binary tensors), a pool with failover.
 
 The model is served by one or more Triton servers (the site's ``[triton]
-endpoints``, else the bundle's own ``backend.url``). At load every endpoint's
-model metadata (tensor names, datatypes, shapes) and ``max_batch_size`` are
-checked against the bundle's model card: a mismatch refuses the bundle with
-the mismatch named (:class:`~engines.errors.BundleRejected`); an endpoint that
-cannot be reached is left out and probed again later. Inputs go as binary
+endpoints``, else the bundle's own ``backend.url``). An endpoint joins the
+pool only after its model metadata (tensor names, datatypes, shapes,
+``max_batch_size``) matches the bundle's model card and the bundle's golden set
+answers within tolerance on it: at load a mismatch refuses the bundle with the
+mismatch named (:class:`~engines.errors.BundleRejected`); an endpoint probed
+back in later (a server restarted, perhaps redeployed) that fails either check
+stays out with the reason shown. An endpoint that cannot be reached is left out
+and probed again later. Inputs go as binary
 tensors and outputs are read with ``as_numpy``.
 
 :meth:`TritonEngine.infer_many` keeps up to ``max_inflight`` batches in flight
@@ -146,6 +149,22 @@ class TritonEngine(Engine):
                 f"bundle {self.manifest.key}: model {self.model_name!r} on {url} does not match "
                 f"the model card: {mismatch}"
             )
+        self._golden(url, client)
+
+    def _golden(self, url: str, client: Any) -> None:
+        """The bundle's golden set on this endpoint: a server whose model answers differently stays out."""
+        from engines.bundle import VerifiedBundle, read_golden
+        from engines.registry import golden_error
+
+        inputs, expected = read_golden(VerifiedBundle(self.root, self.manifest, signer=""))  # loaded verified
+        try:
+            outputs = self._request(client, inputs)
+        except InferenceError as exc:
+            raise BundleRejected(f"golden set of {self.manifest.key} could not run on {url}: {exc}") from None
+        cast = {s.name: np.asarray(outputs[s.name]).astype(s.dtype, copy=False) for s in self.manifest.outputs}
+        atol, rtol = float(self.manifest.golden.get("atol", 0.0)), float(self.manifest.golden.get("rtol", 0.0))
+        for name, want in expected.items():
+            golden_error(self.manifest.key, url, name, cast, want, atol, rtol)
 
     def _admit_all(self) -> None:
         for endpoint in self.pool.endpoints:

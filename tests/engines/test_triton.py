@@ -49,7 +49,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     onnx.save_model(tile_model(DIM), str(root / "tile.onnx"))
     onnx.save_model(slide_model(DIM), str(root / "slide.onnx"))
     return {"linear": linear_model(root / "linear.onnx", seed=4), "tile": root / "tile.onnx",
-            "slide": root / "slide.onnx"}
+            "slide": root / "slide.onnx", "other": linear_model(root / "other.onnx", seed=5)}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,11 @@ def _pair(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         served_model("slide", models["slide"], SLIDE_CARD["inputs"], SLIDE_CARD["outputs"], batching=False),
     ]
     wrong = served_model("linear_wrong", models["linear"], wrong_inputs, c["outputs"], max_batch_size=16)
+    # "linear_b": the linear model on server 0, other weights on server 1 (a server redeployed wrongly)
+    b0 = served_model("linear_b", models["linear"], c["inputs"], c["outputs"], max_batch_size=16)
+    b1 = served_model("linear_b", models["other"], c["inputs"], c["outputs"], max_batch_size=16)
     pair = [TritonServer(tmp_path_factory.mktemp(f"triton-{i}"), spec)
-            for i, spec in enumerate([[*common, wrong], common])]
+            for i, spec in enumerate([[*common, wrong, b0], [*common, b1]])]
     try:
         _start(pair)
         yield pair
@@ -273,6 +276,29 @@ def test_a_hung_server_times_out_and_its_batch_goes_to_the_other(
         np.testing.assert_allclose(out, want, atol=1e-6)
     assert not states[servers[0].grpc_url].healthy and "Deadline" in states[servers[0].grpc_url].last_error
     assert states[servers[1].grpc_url].requests == 3
+
+
+def test_a_server_back_with_a_different_model_stays_out(
+    tmp_path: Path, registry: Registry, vendor_pem: bytes, models: dict[str, Path], servers: list[TritonServer],
+) -> None:
+    """Server 1 is down at load; it comes back serving other weights: the probe's golden set keeps it out."""
+    site = _site(registry, servers[0].grpc_url, servers[1].grpc_url)
+    bundle = _linear_bundle(tmp_path, vendor_pem, models, model_name="linear_b")
+    with pytest.raises(BundleRejected, match=r"golden set failed on grpc://127\.0\.0\.1:\d+: output 'y' differs"):
+        site.install(bundle, "tester")  # both up: server 1 answers differently
+    servers[1].kill()
+    site.install(bundle, "tester")
+    site.activate("test_task", "1.0", "tester")
+    x = golden_inputs()["x"]
+    with site.load_active("test_task") as engine:
+        _start(servers)
+        pool = engine.pool  # type: ignore[attr-defined]
+        pool.endpoints[1].retry_at = 0.0  # due for its probe now rather than after the backoff
+        for _ in range(3):
+            np.testing.assert_allclose(engine.infer({"x": x})["y"], run_direct(models["linear"], {"x": x})["y"],
+                                       atol=1e-6)
+        state = {s.url: s for s in pool.states()}[servers[1].grpc_url]
+    assert not state.healthy and "golden set failed" in state.last_error, state
 
 
 # ---------------------------------------------------------------------- a slide through the pool
