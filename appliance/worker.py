@@ -10,7 +10,9 @@ job succeeded. Engine sessions stay loaded between jobs in an
 Failures: :class:`~appliance.errors.JobFailed`, ``StudyIncomplete`` and
 ``ReportError`` are permanent (the job fails with the message as reason); any
 other exception is transient and retried up to ``worker.max_attempts``. A job
-interrupted by :meth:`Worker.stop` is released back to the queue.
+interrupted by :meth:`Worker.stop` is released back to the queue, and so is one
+whose engine is unreachable (``engines.errors.EngineUnavailable``, also when a
+pipeline wrapped it), without counting the attempt.
 """
 
 from __future__ import annotations
