@@ -161,6 +161,25 @@ class EngineSettings(_Section):
     cpu_threads: Annotated[int, Field(ge=0)] = 0  #: 0: ONNX Runtime chooses
 
 
+class TritonSettings(_Section):
+    """A pool of remote Triton Inference Servers serving the Triton bundles (failover, several in flight)."""
+
+    endpoints: tuple[str, ...] = ()  #: grpc://HOST:PORT or http://HOST:PORT (binary tensors); empty: each bundle's url
+    max_inflight: Annotated[int, Field(ge=1, le=64)] = 4  #: requests in flight per endpoint
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0  #: per request; an endpoint slower than this is taken out
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from engines.backends import parse_endpoint
+
+        for url in value:
+            parse_endpoint(url)  # ValueError names the URL and the valid forms
+        if len(set(value)) != len(value):
+            raise ValueError(f"Triton endpoints must be unique, got {list(value)}")
+        return value
+
+
 class WorkerSettings(_Section):
     """The job scheduler and worker."""
 
@@ -200,6 +219,7 @@ class Config(_Section):
     )
     delivery: DeliverySettings = DeliverySettings()
     engines: EngineSettings = EngineSettings()
+    triton: TritonSettings = TritonSettings()
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
 
@@ -219,6 +239,12 @@ class Config(_Section):
     @property
     def trusted_keys_dir(self) -> Path:
         return self.engines.trusted_keys_dir or self.node.data_dir / "trusted_keys"
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """Options of ``engines.registry.Registry`` (the backends' settings) from ``[triton]``."""
+        return {"triton_endpoints": self.triton.endpoints, "triton_max_inflight": self.triton.max_inflight,
+                "triton_timeout": self.triton.timeout_seconds}
 
     def destination(self, name: str) -> DestinationSettings:
         for dest in self.destinations:

@@ -10,7 +10,9 @@ job succeeded. Engine sessions stay loaded between jobs in an
 Failures: :class:`~appliance.errors.JobFailed`, ``StudyIncomplete`` and
 ``ReportError`` are permanent (the job fails with the message as reason); any
 other exception is transient and retried up to ``worker.max_attempts``. A job
-interrupted by :meth:`Worker.stop` is released back to the queue.
+interrupted by :meth:`Worker.stop` is released back to the queue, and so is one
+whose engine is unreachable (``engines.errors.EngineUnavailable``, also when a
+pipeline wrapped it), without counting the attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from appliance.errors import ApplianceError, JobFailed, ReportError, StudyIncomp
 from appliance.findings import StudyResult
 from appliance.jobs import Job, JobQueue
 from appliance.state import StateStore
+from engines.errors import EngineUnavailable
 
 __all__ = [
     "DeliverFn",
@@ -57,6 +60,8 @@ DeliverFn = Callable[[Job, Sequence[Path]], int]
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (JobFailed, StudyIncomplete, ReportError)
 PROGRESS_INTERVAL_SECONDS = 0.5
+#: how long the worker waits before leasing again after a job went back because its engine is unreachable
+ENGINE_RETRY_SECONDS = 5.0
 
 
 class JobInterrupted(ApplianceError):
@@ -214,6 +219,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._current: Job | None = None
         self._current_lock = threading.Lock()
+        self.engine_retry_seconds = ENGINE_RETRY_SECONDS
 
     # ------------------------------------------------------------------ component
 
@@ -327,12 +333,16 @@ class Worker:
                 self.queue.release(job.id, self.owner, reason=str(exc))
                 return
             except PERMANENT_ERRORS as exc:
+                if self._requeue_unavailable(job, exc):
+                    return
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                 else:
                     self.queue.fail(job.id, self.owner, str(exc), transient=False)
                 return
             except Exception as exc:
+                if self._requeue_unavailable(job, exc):
+                    return
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                     return
@@ -340,6 +350,26 @@ class Worker:
                 self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True)
                 return
         self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times))
+
+    def _requeue_unavailable(self, job: Job, exc: BaseException) -> bool:
+        """An unreachable engine is not the study's fault: back to the queue, attempt not counted, then wait."""
+        unavailable = _engine_unavailable(exc)
+        if unavailable is None:
+            return False
+        logger.warning("job %s: engine unavailable, back to the queue: %s", job.id, unavailable)
+        self.queue.release(job.id, self.owner, reason=f"waiting for the engine: {unavailable}")
+        self._stopping.wait(self.engine_retry_seconds)
+        return True
+
+
+def _engine_unavailable(exc: BaseException) -> EngineUnavailable | None:
+    """The EngineUnavailable behind ``exc`` (itself or a cause a pipeline wrapped), or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, EngineUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # ---------------------------------------------------------------------- wiring
@@ -406,7 +436,7 @@ def worker_component(
     if engines is None:
         from engines.registry import Registry
 
-        registry = Registry(config.data_dir / "engines", config.trusted_keys_dir)
+        registry = Registry(config.data_dir / "engines", config.trusted_keys_dir, **config.engine_options)
         engines = EngineCache(registry, cpu_threads=config.engines.cpu_threads)
     queue = JobQueue(store, config.worker.lease_seconds, config.worker.max_attempts)
     return Worker(

@@ -11,7 +11,8 @@
   (CUDA driver API version, e.g. 12040), ``gpu_name``, ``device_memory_size``,
   ``profiles``. A plan is executable code and standard TensorRT has no validity
   pre-check, so every mismatch is refused here, before deserialisation.
-- ``triton``: ``model_name`` and ``url`` (or a URL given at load) of a KServe v2 server.
+- ``triton``: ``model_name`` (and ``model_version``) on the site's Triton endpoints, or on the
+  bundle's own ``url`` when the configuration names none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from engines.manifest import Manifest
 __all__ = ["GpuInfo", "check_compat", "gpu_info", "parse_version", "runtime_version"]
 
 HW_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "triton": "httpx"}
+_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "triton": "tritonclient"}
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -141,10 +142,12 @@ def _check_tensorrt(manifest: Manifest) -> None:
 
 def _check_triton(manifest: Manifest, options: dict[str, Any]) -> None:
     if runtime_version("triton") is None:
-        raise RuntimeMissing(f"bundle {manifest.key} uses a remote Triton server and needs httpx, which is not installed")
+        raise RuntimeMissing(
+            f"bundle {manifest.key} uses a remote Triton server and needs tritonclient, which is not installed"
+        )
     if not manifest.backend.get("model_name"):
         raise BundleRejected(f"bundle {manifest.key}: a Triton bundle must record model_name")
-    if not (options.get("triton_url") or manifest.backend.get("url")):
+    if not (options.get("triton_endpoints") or manifest.backend.get("url")):
         raise BundleRejected(f"bundle {manifest.key}: no Triton URL in the manifest or the configuration")
 
 

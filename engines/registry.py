@@ -43,7 +43,7 @@ from engines.compat import check_compat
 from engines.errors import BundleRejected, EngineError, RuntimeMissing
 from engines.manifest import MANIFEST_NAME, TASK_RE, VERSION_RE, Manifest, parse_manifest_bytes
 
-__all__ = ["AuditFn", "EngineRecord", "Registry", "run_golden"]
+__all__ = ["AuditFn", "EngineRecord", "Registry", "golden_error", "run_golden"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,40 +71,52 @@ class EngineRecord:
 
 
 def run_golden(engine: Engine, bundle: VerifiedBundle) -> dict[str, float]:
-    """Run the bundle's golden set; return the max abs error per output or raise BundleRejected."""
+    """Run the bundle's golden set; return the max abs error per output or raise BundleRejected.
+
+    An engine served by a pool (Triton) runs it on every endpoint it reaches (``infer_each``),
+    so no server of the pool answers differently.
+    """
     inputs, expected = read_golden(bundle)
     golden = bundle.manifest.golden
     atol, rtol = float(golden.get("atol", 0.0)), float(golden.get("rtol", 0.0))
+    each = getattr(engine, "infer_each", None)
     try:
-        actual = engine.infer(inputs)
+        runs = each(inputs) if each is not None else {engine.backend: engine.infer(inputs)}
     except EngineError as exc:
         raise BundleRejected(f"golden set of {bundle.manifest.key} could not run on {engine.backend}: {exc}") from None
     errors: dict[str, float] = {}
-    for name, want in expected.items():
-        if name not in actual:
-            raise BundleRejected(f"golden set of {bundle.manifest.key} expects output {name!r}, which the engine lacks")
-        got = actual[name]
-        if got.shape != want.shape:
-            raise BundleRejected(
-                f"golden set failed on {engine.backend}: output {name!r} has shape {list(got.shape)}, "
-                f"expected {list(want.shape)}"
-            )
-        got64, want64 = got.astype(np.float64), want.astype(np.float64)
-        err = float(np.max(np.abs(got64 - want64))) if got.size else 0.0
-        if not np.allclose(got64, want64, atol=atol, rtol=rtol):
-            raise BundleRejected(
-                f"golden set failed on {engine.backend}: output {name!r} differs from the expected values by up to "
-                f"{err:.3g} (tolerance atol {atol:g}, rtol {rtol:g})"
-            )
-        errors[name] = err
+    for where, actual in runs.items():
+        for name, want in expected.items():
+            err = golden_error(bundle.manifest.key, where, name, actual, want, atol, rtol)
+            errors[name] = max(err, errors.get(name, 0.0))
     return errors
+
+
+def golden_error(key: str, where: str, name: str, actual: dict[str, np.ndarray], want: np.ndarray,
+                 atol: float, rtol: float) -> float:
+    """Max abs error of output ``name`` against the golden ``want``; BundleRejected naming ``where`` if out of tolerance."""
+    if name not in actual:
+        raise BundleRejected(f"golden set of {key} expects output {name!r}, which the engine lacks")
+    got = actual[name]
+    if got.shape != want.shape:
+        raise BundleRejected(
+            f"golden set failed on {where}: output {name!r} has shape {list(got.shape)}, expected {list(want.shape)}"
+        )
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    err = float(np.max(np.abs(got64 - want64))) if got.size else 0.0
+    if not np.allclose(got64, want64, atol=atol, rtol=rtol):
+        raise BundleRejected(
+            f"golden set failed on {where}: output {name!r} differs from the expected values by up to "
+            f"{err:.3g} (tolerance atol {atol:g}, rtol {rtol:g})"
+        )
+    return err
 
 
 class Registry:
     """Engines installed under ``root``, trusted against the ``*.pub`` keys in ``trusted_keys_dir``.
 
     ``audit`` (optional) receives every action too, e.g. ``StateStore.audit``.
-    ``options`` go to the backends (``device``, ``triton_url``, ``timeout``).
+    ``options`` go to the backends (``device``, ``triton_endpoints``, ``triton_max_inflight``, ``triton_timeout``).
     """
 
     def __init__(

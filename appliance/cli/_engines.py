@@ -55,7 +55,7 @@ def open_registry(config: Config) -> Iterator[Registry]:
 
     store = StateStore.for_data_dir(config.data_dir)
     try:
-        yield Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit)
+        yield Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit, **config.engine_options)
     finally:
         store.close()
 

@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         max_auc_drop: Annotated[float, typer.Option("--max-auc-drop", help="Gate: largest AUC drop against fp32.")] = 0.02,
         min_agreement: Annotated[float, typer.Option("--min-agreement", help="Gate: smallest label agreement with fp32.")] = 0.95,
         max_prob_diff: Annotated[float, typer.Option("--max-prob-diff", help="Gate: largest probability difference to fp32.")] = 0.10,
-        triton: Annotated[Optional[Path], typer.Option("--triton", help="Also write a Triton model repository here.")] = None,  # noqa: UP007
+        triton: Annotated[Optional[Path], typer.Option("--triton", help="Also write a Triton model repository here, and a signed Triton bundle per precision.")] = None,  # noqa: UP007
         tensorrt: Annotated[bool, typer.Option("--tensorrt", help="Also build TensorRT plans (needs TensorRT and a GPU).")] = False,
         quick: Annotated[bool, typer.Option("--quick", help="Tiny models and data (for tests).", hidden=True)] = False,
     ) -> None:
@@ -130,10 +130,13 @@ def register(app: typer.Typer) -> None:
                 paths = sign_bundles(spec, report, out / "bundles", pem, version, vendor, demo, gate)
                 bundles[name] = dict(zip(report.results, paths, strict=True))
                 if triton is not None:
-                    from export.triton_repo import write_triton_model
+                    from export.triton_repo import write_triton_bundle, write_triton_model
 
                     for p, result in report.results.items():
-                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card)
+                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card,
+                                           batch_sizes=spec.batch_sizes)
+                        write_triton_bundle(bundles[name][p], out / "bundles" / f"{name}-{version}-{p}-triton",
+                                            f"{name}_{p}", pem)
                     say("triton", f"{name}: model repository entries in {triton}")
                 if tensorrt:
                     from export.tensorrt_build import TrtBuildSettings, build_engine, describe

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if not slide.exists():
             raise JobFailed(f"slide {slide} does not exist")
         cfg = config_from(config)
-        registry = Registry(cfg.data_dir / "engines", cfg.trusted_keys_dir)
+        registry = Registry(cfg.data_dir / "engines", cfg.trusted_keys_dir, **cfg.engine_options)
         tile = registry.load_active("pathology_tile", cfg.engines.cpu_threads)
         slide_engine = registry.load_active("pathology_slide", cfg.engines.cpu_threads)
         job_id = f"submit-{uuid.uuid4().hex[:12]}"

@@ -20,7 +20,7 @@ from appliance.config import Config
 from appliance.jobs import backpressure
 from appliance.state import DELIVERY_STATES, JOB_STATES, StateStore
 
-__all__ = ["JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "metrics_registry"]
+__all__ = ["JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "metrics_registry", "triton_metrics"]
 
 JOB_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -118,6 +118,7 @@ class StoreCollector(Collector):
             ["delivery"], float(store.query("select count(*) as n from deliveries where state = 'dead'")[0]["n"])
         )
         yield failures
+        yield from triton_metrics()
 
     def _tile_rate(self) -> tuple[int, float]:
         rows = self.store.query(
@@ -134,6 +135,28 @@ class StoreCollector(Collector):
             tiles += int(result.get("tiles_scored", 0))
             seconds += float(result.get("seconds", {}).get("pipeline", 0.0))
         return tiles, seconds
+
+
+def triton_metrics() -> Iterator[Metric]:
+    """Per-endpoint state of the Triton pools loaded in this process (URLs and counters only)."""
+    from engines.backends import endpoint_states
+
+    labels = ["endpoint", "model"]
+    healthy = GaugeMetricFamily("appliance_triton_endpoint_healthy", "1 when the endpoint is in the pool", labels=labels)
+    inflight = GaugeMetricFamily("appliance_triton_endpoint_in_flight", "Requests in flight", labels=labels)
+    latency = GaugeMetricFamily("appliance_triton_endpoint_latency_seconds", "Moving average of request latency",
+                                labels=labels)
+    requests = CounterMetricFamily("appliance_triton_endpoint_requests", "Requests answered", labels=labels)
+    errors = CounterMetricFamily("appliance_triton_endpoint_errors", "Failures that took the endpoint out",
+                                 labels=labels)
+    for s in endpoint_states():
+        key = [s.url, s.model]
+        healthy.add_metric(key, 1.0 if s.healthy else 0.0)
+        inflight.add_metric(key, float(s.in_flight))
+        latency.add_metric(key, s.latency_seconds)
+        requests.add_metric(key, float(s.requests))
+        errors.add_metric(key, float(s.errors))
+    yield from (healthy, inflight, latency, requests, errors)
 
 
 def metrics_registry(config: Config, store: StateStore) -> CollectorRegistry:

@@ -52,7 +52,20 @@ HealthCheck = Callable[[], bool]
 def _registry(config: Config, store: StateStore) -> Any:
     from engines.registry import Registry
 
-    return Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit)
+    return Registry(config.data_dir / "engines", config.trusted_keys_dir, audit=store.audit, **config.engine_options)
+
+
+def _triton_endpoints(config: Config) -> list[dict[str, Any]]:
+    """Configured Triton endpoints with the live state of the pools loaded in this process."""
+    from engines.backends import endpoint_states
+
+    rows = [{"url": s.url, "model": s.model, "healthy": "yes" if s.healthy else "no",
+             "in_flight": f"{s.in_flight}/{s.max_inflight}", "latency_ms": f"{s.latency_seconds * 1e3:.1f}",
+             "requests": s.requests, "errors": s.errors, "last_error": s.last_error} for s in endpoint_states()]
+    seen = {r["url"] for r in rows}
+    rows += [{"url": url, "model": "", "healthy": "no engine loaded", "in_flight": "", "latency_ms": "",
+              "requests": "", "errors": "", "last_error": ""} for url in config.triton.endpoints if url not in seen]
+    return rows
 
 
 def _ago(at: float) -> str:
@@ -155,6 +168,7 @@ def create_app(
             "deliveries": deliveries,
             "active": active,
             "engine_error": engine_error,
+            "triton": _triton_endpoints(config),
             "config": config,
             "ago": _ago,
         }

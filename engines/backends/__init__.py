@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from engines.backends._base import Engine, InferenceError
+from engines.backends._triton_pool import EndpointState, endpoint_states, parse_endpoint
 from engines.manifest import Manifest
 
-__all__ = ["Engine", "InferenceError", "load_engine"]
+__all__ = ["EndpointState", "Engine", "InferenceError", "endpoint_states", "load_engine", "parse_endpoint"]
 
 
 def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options: Any) -> Engine:
     """Load a *verified* bundle directory on the backend its manifest names.
 
-    Options: ``device`` ("auto" | "cpu" | "cuda") for ONNX Runtime; ``triton_url`` and
-    ``timeout`` for Triton. Never call this on a bundle whose signature and hashes
+    Options: ``device`` ("auto" | "cpu" | "cuda") for ONNX Runtime; ``triton_endpoints``
+    (the site's pool, else the bundle's ``url``), ``triton_max_inflight`` and
+    ``triton_timeout`` for Triton. Never call this on a bundle whose signature and hashes
     were not verified: a TensorRT plan is executable code.
     """
     name = manifest.backend_name
@@ -35,5 +37,8 @@ def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options:
     if name == "triton":
         from engines.backends.triton import TritonEngine
 
-        return TritonEngine(root, manifest, url=options.get("triton_url"), timeout=options.get("timeout", 30.0))
+        return TritonEngine(
+            root, manifest, endpoints=options.get("triton_endpoints", ()),
+            max_inflight=options.get("triton_max_inflight", 4), timeout=options.get("triton_timeout", 30.0),
+        )
     raise ValueError(f"unknown backend {name!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -27,7 +28,10 @@ class InferenceError(EngineError):
 
 
 class Engine(ABC):
-    """A loaded engine. Thread-safe: ``infer`` calls are serialised per engine."""
+    """A loaded engine. Thread-safe: ``infer`` calls are serialised per engine unless ``thread_safe``."""
+
+    #: the runtime bounds its own concurrency (a remote pool): ``infer`` is not serialised
+    thread_safe = False
 
     def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = Path(root)
@@ -66,14 +70,22 @@ class Engine(ABC):
         if self._closed:
             raise InferenceError(f"{self.manifest.key}: engine is closed")
         self.check_inputs(inputs)
-        with self._lock:
+        if self.thread_safe:
             outputs = self._infer(inputs)
+        else:
+            with self._lock:
+                outputs = self._infer(inputs)
         result = {}
         for spec in self.manifest.outputs:
             if spec.name not in outputs:
                 raise InferenceError(f"{self.manifest.key}: runtime returned no output {spec.name!r}")
             result[spec.name] = np.asarray(outputs[spec.name]).astype(spec.dtype, copy=False)
         return result
+
+    def infer_many(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """Results of ``batches`` in order; a backend that keeps several in flight (Triton) overrides it."""
+        for inputs in batches:
+            yield self.infer(inputs)
 
     @abstractmethod
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

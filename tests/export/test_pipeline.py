@@ -88,7 +88,10 @@ def test_export_cli_writes_signed_bundles_and_a_table(tmp_path: Path) -> None:
     manifest = verify_bundle(out / "bundles" / "pathology_slide-0.1.0-int8", out / "trusted_keys")
     assert manifest.precision == "int8" and manifest.demo
     config = (tmp_path / "triton" / "pathology_slide_int8" / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 0" in config
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size" not in config  # 0: not batched
+    served = verify_bundle(out / "bundles" / "pathology_slide-0.1.0-int8-triton", out / "trusted_keys")
+    assert served.backend == {"name": "triton", "model_name": "pathology_slide_int8"}
+    assert served.version == "0.1.0+int8.triton" and served.model_card == manifest.model_card
 
 
 def test_external_data_bundle_installs_and_runs(exported: Exported, tmp_path: Path) -> None:

@@ -16,7 +16,11 @@ def test_triton_config_has_dynamic_batching_for_batched_models() -> None:
     card = {"inputs": [{"name": "image", "shape": ["N", 3, 96, 96], "dtype": "float32"}],
             "outputs": [{"name": "embedding", "shape": ["N", 64], "dtype": "float32"}]}
     text = config_pbtxt("pathology_tile", card, "onnxruntime_onnx", 64)
-    assert "max_batch_size: 64" in text and "dynamic_batching" in text and "dims: [ 3, 96, 96 ]" in text
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching") and list(config.input[0].dims) == [3, 96, 96]
 
 
 def test_build_without_tensorrt_names_the_reason(tmp_path: Path) -> None:
