@@ -275,6 +275,11 @@ def _phase_time(frames: list[Frame], absolute: bool) -> float | None:
     return min((v for v in values if v is not None), default=None)
 
 
+def _in_series(frame: Frame, label: str) -> str:
+    number = f"series {frame.series_number}" if frame.series_number is not None else frame.series_description
+    return f"{number}, {label}"
+
+
 def _pool_by_time(by_series: dict[str, list[Frame]], splits: dict[str, list[tuple[str, list[Frame]]]]
                   ) -> list[tuple[str, list[Frame]]]:
     """Every series' phases in one list ordered by acquisition time; the same time twice is an error."""
@@ -291,10 +296,9 @@ def _pool_by_time(by_series: dict[str, list[Frame]], splits: dict[str, list[tupl
             raise StudyIncomplete(f"phase {la!r} of {series_label(fa[0])} and phase {lb!r} of {series_label(fb[0])} "
                                   "were acquired at the same time: two dynamic series in one job; route one dynamic "
                                   "series or set phase rules")
-    labels = [label for label, _ in phases]
-    if len(set(labels)) < len(labels):  # "temporal position 1" of two series: say which series
-        phases = [(f"{frs[0].series_description or 'series'} {label}" if labels.count(label) > 1 else label, frs)
-                  for label, frs in phases]
+    if any(len(split) > 1 for split in splits.values()):  # "temporal position 1" of two series: name the series
+        phases = [(_in_series(frs[0], label) if len(splits[frs[0].series_uid]) > 1
+                   else frs[0].series_description or label, frs) for label, frs in phases]
     return phases
 
 

@@ -69,6 +69,7 @@ class Frame:
     contrast: bool | None = None  #: Contrast/Bolus Agent given (True), absent (False), or not said (None)
     contrast_start_s: float | None = None  #: Contrast/Bolus Start Time on the acquisition's day, seconds
     image_type: tuple[str, ...] = ()  #: Image Type (or Frame Type) values, upper case
+    series_number: int | None = None  #: Series Number, for naming phases of several series
 
     def values(self) -> np.ndarray:
         """Rescaled values (slope * stored + intercept), float64."""
@@ -150,6 +151,7 @@ def _timing(ds: Dataset) -> dict[str, object]:
         "contrast": bool(str(agent or "").strip()),
         "contrast_start_s": None if start is None else _day_seconds(ds) + start,
         "image_type": tuple(str(v).upper() for v in ([image_type] if isinstance(image_type, str) else image_type)),
+        "series_number": int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
     }
 
 
@@ -232,7 +234,7 @@ def _group(item: Dataset, shared: Dataset | None, sequence: str) -> Dataset | No
 
 
 #: classic attributes a converted frame may carry outside the functional groups (C.7.6.16.2.25)
-_CONVERTED = ("AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentTime", "SeriesDate", "StudyDate",
+_CONVERTED = ("SeriesNumber", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentTime", "SeriesDate", "StudyDate",
               "TriggerTime", "TemporalResolution", "ContrastBolusAgent", "ContrastBolusStartTime",
               "TemporalPositionIdentifier", "NumberOfTemporalPositions", "ImageType")
 
@@ -257,6 +259,9 @@ def _enhanced_timing(ds: Dataset, item: Dataset, shared: Dataset | None, content
     frame_time = _dt_seconds(content.get("FrameAcquisitionDateTime")) if content is not None else None
     if frame_time is not None:
         timing["acquisition_s"] = frame_time
+        start = _tm_seconds(view.get("ContrastBolusStartTime"))
+        if start is not None:  # on the frame's own day: converters move the date into Frame Acquisition DateTime
+            timing["contrast_start_s"] = frame_time - frame_time % 86400.0 + start
     usage = _group(item, shared, "ContrastBolusUsageSequence")
     if usage is not None and usage.get("ContrastBolusAgentAdministered"):
         timing["contrast"] = str(usage.ContrastBolusAgentAdministered).upper() == "YES"

@@ -41,6 +41,7 @@ __all__ = ["MappedPhase", "PhaseInfo", "PhasePlan", "PhaseSchedule", "apply_plan
 
 DEFAULT_TOLERANCE_S = 30.0
 TIME_SOURCES = ("acquisition", "trigger", "temporal position")
+MAX_AFTER_INJECTION_S = 3 * 3600.0  #: a Contrast/Bolus Start Time further back belongs to another day or injection
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _after_injection(phases: Sequence[PhaseInfo], post: list[int], source: str, 
     if source == "acquisition" and starts:
         injection = min(starts)
         relative = [t - injection for t in times]
-        if min(relative) >= 0:
+        if 0 <= min(relative) and max(relative) < MAX_AFTER_INJECTION_S:
             return relative, "Contrast/Bolus Start Time"
     first = times[0]
     return [t - first + schedule.post_times_s[0] for t in times], "first post-contrast phase"

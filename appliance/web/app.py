@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,15 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+_UID_TEXT = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
+
+
+def without_uids(text: str | None) -> str:
+    """A job's reason as the dashboard shows it: every DICOM UID replaced by "(UID)" (invariant 4)."""
+    return _UID_TEXT.sub("(UID)", text or "")
+
+
+TEMPLATES.env.filters["without_uids"] = without_uids
 MAX_BUNDLE_BYTES = 4 * 1024**3
 HealthCheck = Callable[[], bool]
 

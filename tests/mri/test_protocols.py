@@ -1,0 +1,211 @@
+"""Studies as real breast DCE protocols send them (issue 13): any phase count and timing, every encoding.
+
+Every study is built on the header of a real MR image (``tests/mri/_studies.py``) and goes through the
+pipeline with a model card that states its phases by time after injection: it is either scored, with the
+phases used recorded in the finding (and so in the SR), or refused with a reason naming the times found
+and needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from appliance.errors import StudyIncomplete
+from appliance.mri import assemble, run_breast_mri
+from appliance.mri._timing import PhaseInfo, PhaseSchedule, plan_phases
+from tests.mri._studies import PROTOCOL_ENCODINGS, build_study, case_at
+from tests.mri.tiny_engine import CARD, TinyEngine, export_tiny
+
+#: the phases the model was trained on: pre-contrast, then these seconds after injection
+TIMED_CARD: dict[str, Any] = {**CARD, "post_contrast_times_s": [30.0, 120.0, 210.0, 300.0], "phase_tolerance_s": 30.0}
+#: acquisition start of each phase after the pre-contrast one; contrast goes in at 60 s
+TIMINGS: dict[int, tuple[float, ...]] = {
+    3: (0.0, 90.0, 180.0),  # ends 120 s after injection: refused
+    4: (0.0, 100.0, 220.0, 340.0),  # 40, 160, 280 s: 120 and 210 s interpolated
+    5: (0.0, 90.0, 180.0, 270.0, 360.0),  # the model's own protocol
+    6: (0.0, 90.0, 155.0, 220.0, 285.0, 350.0),  # every 65 s
+    8: (0.0, 75.0, 120.0, 165.0, 210.0, 255.0, 300.0, 345.0),  # every 45 s
+}
+EARLY_ONLY = (0.0, 70.0, 80.0, 90.0, 100.0, 110.0)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> TinyEngine:
+    return TinyEngine(export_tiny(tmp_path_factory.mktemp("tiny") / "tiny.onnx"), card=TIMED_CARD)
+
+
+def _study_uid(datasets: list[Dataset]) -> str:
+    return str(datasets[0].StudyInstanceUID)
+
+
+@pytest.mark.parametrize("count", sorted(TIMINGS))
+@pytest.mark.parametrize("encoding", PROTOCOL_ENCODINGS)
+def test_protocol_is_scored_with_its_phases_recorded_or_refused(encoding: str, count: int, engine: TinyEngine) -> None:
+    datasets = build_study(TIMINGS[count], encoding, seed=count)
+    if count == 3:
+        with pytest.raises(StudyIncomplete, match=r"does not cover the model's time window: no phase at or after "
+                           r"210 s \(tolerance 30 s\); the study has them at 30, 120 s .*; the model needs "
+                           r"post-contrast phases at 30, 120, 210, 300 s after injection"):
+            run_breast_mri("job-p", _study_uid(datasets), datasets, engine)
+        return
+    result = run_breast_mri("job-p", _study_uid(datasets), datasets, engine)
+    finding = result.findings[0]
+    assert len(finding.phases) == 5, finding.phases
+    assert finding.phases[0].startswith("pre-contrast <- ")
+    assert [line.split(" <- ")[0] for line in finding.phases[1:]] == ["30 s", "120 s", "210 s", "300 s"]
+    interpolated = [line for line in finding.phases if " + " in line]
+    if count == 4:  # 40, 160, 280 s (or 30, 150, 270 s from the first post-contrast phase): one or two mixed
+        assert interpolated and all(re.search(r"0\.\d\d x .* \+ 0\.\d\d x ", line) for line in interpolated)
+    else:
+        assert not interpolated, finding.phases
+    assert finding.kinetic_curve == case_at(TIMINGS[count]).curve == "washout"
+    assert any(note.startswith("phases timed by") for note in result.notes), result.notes
+    assert len(engine.calls[-1]["dce"][0]) == 5
+
+
+@pytest.mark.parametrize("encoding", ["single_tpi", "series_time", "enhanced"])
+def test_all_early_protocol_is_refused_naming_the_times(encoding: str, engine: TinyEngine) -> None:
+    datasets = build_study(EARLY_ONLY, encoding)
+    with pytest.raises(StudyIncomplete, match=r"no phase at or after 120 s .* the study has them at (10|30), .* "
+                       r"the model needs post-contrast phases at 30, 120, 210, 300 s"):
+        run_breast_mri("job-e", _study_uid(datasets), datasets, engine)
+
+
+def test_eight_phases_use_the_phases_at_the_model_times(engine: TinyEngine) -> None:
+    """Contrast/Bolus Start Time present: 15, 60, ... 285 s after injection; the nearest within 30 s is used."""
+    datasets = build_study(TIMINGS[8], "series_time")  # no start time: relative to the first post phase
+    result = run_breast_mri("job-8", _study_uid(datasets), datasets, engine)
+    assert result.findings[0].phases == (
+        "pre-contrast <- 'pre'", "30 s <- 'post1' (30 s)", "120 s <- 'post3' (120 s)",
+        "210 s <- 'post5' (210 s)", "300 s <- 'post7' (300 s)")
+    used = {s.series_uid for s in result.findings[0].sources}
+    kept = {str(ds.SeriesInstanceUID) for ds in datasets if ds.SeriesDescription in ("pre", "post1", "post3", "post5",
+                                                                                      "post7")}
+    assert used == kept, "the SR's image library holds the instances of the phases used, and only those"
+
+
+def test_interpolation_is_linear_in_time() -> None:
+    """A model phase between two study phases is their time-weighted mean (checked on the arrays)."""
+    datasets = build_study(TIMINGS[4], "single_tpi")
+    study = assemble(datasets)
+    plan = plan_phases(study.phases, PhaseSchedule.from_card(TIMED_CARD))  # type: ignore[arg-type]
+    assert plan.reference == "Contrast/Bolus Start Time" and plan.source == "acquisition"
+    assert dict(plan.post_times_s) == pytest.approx({1: 40.0, 2: 160.0, 3: 280.0})
+    (a, wa), (b, wb) = plan.phases[2].parts  # 120 s between 40 and 160 s
+    assert (a, b) == (1, 2) and wa == pytest.approx(1 / 3) and wb == pytest.approx(2 / 3)
+    from appliance.mri._timing import apply_plan
+
+    mapped = apply_plan(study.array, plan)
+    np.testing.assert_allclose(mapped[2], study.array[1] / 3 + 2 * study.array[2] / 3, rtol=1e-5)
+
+
+def _info(label: str, t: float | None, contrast: bool | None, start: float | None = None) -> PhaseInfo:
+    return PhaseInfo(label, "1.2.3", t, None, None, contrast, start)
+
+
+def test_pre_contrast_phase_is_the_last_without_agent() -> None:
+    schedule = PhaseSchedule((30.0, 120.0))
+    phases = [_info("localizer-like pre", 0, False), _info("pre", 50, False), _info("post1", 100, True, 70),
+              _info("post2", 190, True, 70), _info("t1 late", 900, False)]
+    plan = plan_phases(phases, schedule)
+    assert plan.phases[0].parts == ((1, 1.0),)
+    assert plan.used() == [1, 2, 3]
+    assert any("left out earlier pre-contrast phase(s): 'localizer-like pre'" in n for n in plan.notes)
+    assert any("without contrast agent after the injection: 't1 late'" in n for n in plan.notes)
+
+
+def test_no_pre_contrast_phase_is_refused() -> None:
+    phases = [_info("post1", 100, True), _info("post2", 190, True)]
+    plan = plan_phases(phases, PhaseSchedule((30.0,)))  # all with agent: the earliest is taken as pre
+    assert plan.phases[0].parts == ((0, 1.0),) and "the earliest is taken as pre-contrast" in plan.notes[0]
+    with pytest.raises(StudyIncomplete, match=r"1 phase found \('post1'\); the model needs a pre-contrast phase"):
+        plan_phases(phases[:1], PhaseSchedule((30.0,)))
+
+
+def test_long_gap_is_not_interpolated() -> None:
+    phases = [_info("pre", 0, False), _info("post1", 90, True, 60), _info("post2", 660, True, 60)]
+    with pytest.raises(StudyIncomplete, match=r"no phase near 120 s: the nearest lie 570 s apart \(30 and 600 s\)"):
+        plan_phases(phases, PhaseSchedule((30.0, 120.0, 210.0)))
+
+
+def test_untimed_phase_is_refused() -> None:
+    phases = [_info("pre", 0, False), _info("post1", None, True)]
+    with pytest.raises(StudyIncomplete, match=r"phase 'post1' has no Acquisition Date/Time, Trigger Time or Temporal"):
+        plan_phases(phases, PhaseSchedule((30.0,)))
+
+
+@pytest.mark.parametrize(("card", "message"), [
+    ({"post_contrast_times_s": [120, 30]}, r"must be increasing seconds"),
+    ({"post_contrast_times_s": [30, 120], "phase_count": 5}, r"phase_count 5 is not 1 \+ 2"),
+    ({"post_contrast_times_s": ["soon"]}, r"post_contrast_times_s \['soon'\]"),
+])
+def test_bad_card_timing_is_rejected(card: dict[str, Any], message: str) -> None:
+    from appliance.errors import JobFailed
+
+    with pytest.raises(JobFailed, match=message):
+        PhaseSchedule.from_card(card)
+
+
+def test_old_card_with_only_phase_count_keeps_working(tmp_path: Path) -> None:
+    engine = TinyEngine(export_tiny(tmp_path / "old.onnx"))  # CARD: phase_count 5, no times
+    datasets = build_study(TIMINGS[5], "series_tpi")
+    assert run_breast_mri("job-o", _study_uid(datasets), datasets, engine).findings[0].phases == ()
+    six = build_study(TIMINGS[6], "series_tpi")
+    with pytest.raises(StudyIncomplete, match=r"6 phase\(s\) found .* but the model needs 5"):
+        run_breast_mri("job-o6", _study_uid(six), six, engine)
+
+
+def test_descending_slices_give_the_same_input(engine: TinyEngine) -> None:
+    up = build_study(TIMINGS[6], "single_tpi")
+    down = build_study(TIMINGS[6], "single_tpi", descending=True)
+    run_breast_mri("job-u", _study_uid(up), up, engine)
+    run_breast_mri("job-d", _study_uid(down), down, engine)
+    np.testing.assert_array_equal(engine.calls[-1]["dce"], engine.calls[-2]["dce"])
+
+
+def test_phase_with_a_different_slice_count_is_a_clear_error(engine: TinyEngine) -> None:
+    datasets = build_study(TIMINGS[6], "series_tpi")
+    victim = next(ds for ds in datasets if ds.SeriesDescription == "post3" and ds.SliceLocation == "9.0")
+    datasets.remove(victim)
+    with pytest.raises(StudyIncomplete, match=r"\(post3\), phase 'temporal position 4': 15 slices, phase "
+                       r"'temporal position 1' has 16"):
+        run_breast_mri("job-s", _study_uid(datasets), datasets, engine)
+
+
+def _copy_series(datasets: list[Dataset], description: str, image_type: list[str]) -> list[Dataset]:
+    uid = generate_uid()
+    out = []
+    for ds in datasets:
+        if ds.SeriesDescription != "post2":
+            continue
+        extra = copy.deepcopy(ds)
+        extra.SeriesInstanceUID, extra.SOPInstanceUID = uid, generate_uid()
+        extra.SeriesDescription, extra.ImageType, extra.SeriesNumber = description, image_type, 99
+        extra.AcquisitionTime = "091500"
+        out.append(extra)
+    return out
+
+
+@pytest.mark.parametrize(("description", "image_type", "why"), [
+    ("post2 - pre", ["DERIVED", "PRIMARY", "SUBTRACTION"], r"a subtraction series \(Image Type DERIVED\\PRIMARY\\SUBTRACTION\)"),
+    ("SUB post2", ["ORIGINAL", "PRIMARY", "OTHER"], r"its Series Description matches the derived-series rule"),
+    ("post2 motion corrected", ["DERIVED", "SECONDARY", "OTHER"], r"a derived series .* beside original ones"),
+])
+def test_subtraction_and_derived_series_are_left_out_with_a_note(
+    engine: TinyEngine, description: str, image_type: list[str], why: str
+) -> None:
+    datasets = build_study(TIMINGS[5], "series_time")
+    plain = run_breast_mri("job-a", _study_uid(datasets), datasets, engine)
+    extra = _copy_series(datasets, description, image_type)
+    result = run_breast_mri("job-b", _study_uid(datasets), datasets + extra, engine)
+    assert result.findings[0].probability == plain.findings[0].probability
+    assert any(re.search(rf"left out series [0-9.]+ \({re.escape(description)}\): {why}", n) for n in result.notes), \
+        result.notes
