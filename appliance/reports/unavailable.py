@@ -74,13 +74,15 @@ def build_unavailable_sr(job_id: str, pipeline: Pipeline, reason: str, device: D
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     container.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
         name=codes.DCM.Summary, value=_summary(pipeline, reason), relationship_type="CONTAINS")])
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(device),
-        procedure_reported=VOCABULARY[pipeline].procedure,
-        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
-            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")),
-    )
-    report[0].ContentSequence.append(container)
+    # TID 1500 with Qualitative Evaluations only (rows 6, 8 and 10 are absent: nothing was measured);
+    # highdicom's MeasurementReport insists on a measurement group, so the root is assembled as it does
+    report = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
+    language = hd.sr.LanguageOfContentItemAndDescendants(
+        hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)"))
+    procedure = hd.sr.CodeContentItem(name=codes.DCM.ProcedureReported, value=VOCABULARY[pipeline].procedure,
+                                      relationship_type="HAS CONCEPT MOD")
+    report.ContentSequence = hd.sr.ContentSequence(
+        [*language, *_observation_context(device), procedure, container], is_root=False)
     return hd.sr.Comprehensive3DSR(
         evidence=[with_type2(ds) for ds in headers],
         content=report,

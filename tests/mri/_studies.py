@@ -80,6 +80,7 @@ def _instance(case: DceCase, signal: np.ndarray, phase: int, k: int, study_uid: 
         ds.ContrastBolusStartTime = _tm(start + dt.timedelta(seconds=INJECTION_S))
     ds.Rows, ds.Columns = signal.shape[2:]
     ds.PixelData = signal[phase, k].astype(np.int16).tobytes()  # the header's own Pixel Representation: signed
+    ds["PixelData"].VR = "OW"
     return ds
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -209,3 +210,72 @@ def test_subtraction_and_derived_series_are_left_out_with_a_note(
     assert result.findings[0].probability == plain.findings[0].probability
     assert any(re.search(rf"left out series [0-9.]+ \({re.escape(description)}\): {why}", n) for n in result.notes), \
         result.notes
+
+
+def _philips(datasets: list[Dataset]) -> list[Dataset]:
+    """The study as a Philips scanner stores it: per-phase Rescale Slope and private Scale Slope (2005,100E).
+
+    Philips writes stored values SV with Rescale Slope RS / Intercept RI per image and a private Scale
+    Slope SS in the block of private creator "Philips MR Imaging DD 001"; the floating-point value
+    FP = (SV * RS + RI) / (RS * SS) is the one comparable between images.
+    """
+    scales = {"pre": (1.25, 0.8), "post1": (0.7, 1.3), "post2": (1.1, 0.6), "post3": (0.9, 1.1), "post4": (1.4, 0.9)}
+    for ds in datasets:
+        rs, ss = scales[ds.SeriesDescription]
+        ri = -20.0
+        signal = ds.pixel_array.astype(np.float64)
+        ds.PixelData = np.round((signal * rs * ss - ri) / rs).astype(np.int16).tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{rs}", f"{ri}", "normalized"
+        ds.Manufacturer, ds.ManufacturerModelName = "Philips Medical Systems", "Ingenia"
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0D, "FL", 0.0)  # Scale Intercept
+        block.add_new(0x0E, "FL", ss)  # Scale Slope
+    return datasets
+
+
+def test_philips_scale_slope_puts_phases_on_one_scale(tmp_path: Path) -> None:
+    reference = build_study(TIMINGS[5], "series_time")
+    plain = TinyEngine(export_tiny(tmp_path / "p.onnx"), card=TIMED_CARD)
+    run_breast_mri("job-r", _study_uid(reference), reference, plain)
+    philips = _philips(build_study(TIMINGS[5], "series_time"))
+    run_breast_mri("job-n", _study_uid(philips), philips, plain)  # Rescale only: each phase on its own scale
+    scaled = TinyEngine(export_tiny(tmp_path / "s.onnx"), card={**TIMED_CARD, "philips_scale_slope": True})
+    run_breast_mri("job-s", _study_uid(philips), philips, scaled)
+    expected = plain.calls[0]["dce"]
+    np.testing.assert_allclose(scaled.calls[-1]["dce"], expected, atol=0.01)
+    assert np.abs(plain.calls[-1]["dce"] - expected).max() > 0.2, "without Scale Slope the phases differ in scale"
+    from appliance.mri.pipeline import prepare_inputs
+
+    written = tmp_path / "philips.dcm"
+    philips[0].save_as(written, enforce_file_format=True)
+    header = pydicom.dcmread(written)
+    assert header[0x2005, 0x0010].value == "Philips MR Imaging DD 001" and header[0x2005, 0x100E].VR == "FL"
+    with pytest.raises(StudyIncomplete, match=r"Philips Scale Slope \(2005,100E\) 0.0 with Rescale Slope"):
+        header[0x2005, 0x100E].value = 0.0
+        prepare_inputs([header, *philips[1:]], {**TIMED_CARD, "philips_scale_slope": True})
+
+
+def test_scored_study_sr_records_the_phases_and_passes_dciodvfy(tmp_path: Path, engine: TinyEngine) -> None:
+    import subprocess
+
+    from appliance.reports import DeviceInfo, build_reports
+    from tests.peers import DSRDUMP, dciodvfy, require_tool
+
+    require_tool(DSRDUMP)
+    paths = []
+    for ds in build_study(TIMINGS[6], "series_tpi"):
+        path = tmp_path / "study" / f"{ds.SOPInstanceUID}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    result = run_breast_mri("J00000000006", str(pydicom.dcmread(paths[0]).StudyInstanceUID), paths, engine)
+    objects = build_reports(result, tmp_path / "outbox", DeviceInfo.from_serial("SN-P"), captures=False)
+    errors, output = dciodvfy(objects[0])
+    assert errors == [], output
+    dump = subprocess.run([str(DSRDUMP), "+Pl", str(objects[0])], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    phases = re.findall(r'TEXT:\(,,"Contrast Phase"\)="model phase ([^"]+)"', dump.stdout)
+    assert phases == list(result.findings[0].phases) and len(phases) == 5, dump.stdout[-3000:]
+    assert "120 s <- 'temporal position 3' (95 s)" in phases
+    used = {s.sop_instance_uid for s in result.findings[0].sources}
+    assert len(used) == 5 * 16, "the image library references the 5 phases used (16 slices each), not all 6"
