@@ -168,7 +168,7 @@ def _times(phases: Sequence[PhaseInfo], post: list[int]) -> tuple[str, list[floa
 
 def _after_injection(phases: Sequence[PhaseInfo], post: list[int], source: str, times: list[float],
                      schedule: PhaseSchedule) -> tuple[list[float], str]:
-    starts = [phases[i].contrast_start_s for i in post if phases[i].contrast_start_s is not None]
+    starts = [s for s in (phases[i].contrast_start_s for i in post) if s is not None]
     if source == "acquisition" and starts:
         injection = min(starts)
         relative = [t - injection for t in times]
