@@ -100,7 +100,12 @@ def install_tiny_bundle(data_dir: Path, card: dict[str, Any], onnx_path: Path) -
         "backend": {"name": "onnxruntime", "min_version": "1.17"}, "model_card": full_card, "batch_sizes": [1, 1],
         "golden": {"inputs": inputs, "outputs": {"probability": probability}, "atol": 1e-4, "rtol": 1e-3},
     }
-    bundle = write_bundle(data_dir / "bundle-src", manifest, {"model.onnx": onnx_path}, pair.private_key.read_bytes())
+    files = {onnx_path.name: onnx_path}
+    data = onnx_path.with_name(onnx_path.name + ".data")  # the dynamo exporter may keep weights beside the graph
+    if data.is_file():
+        files[data.name] = data
+    bundle = write_bundle(data_dir / "bundle-src", {**manifest, "model_file": onnx_path.name}, files,
+                          pair.private_key.read_bytes())
     registry = Registry(data_dir / "engines", trusted)
     installed = registry.install(bundle, "tests")
     registry.activate("breast_mri", installed.version, "tests")
