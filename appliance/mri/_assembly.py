@@ -434,8 +434,8 @@ def assemble(
         raise StudyIncomplete(f"{series}: {len(phases)} phase(s) found ({names}) but the model needs {phase_count}"
                               + (" (a phase is missing)" if len(phases) < phase_count else "")
                               + "".join(f"; {note}" for note in notes))
-    for note in notes:
-        logger.info("assembly: %s", note)
+    if notes:  # the notes name series by UID: they go to the report, the log gets their number
+        logger.info("assembly: %d note(s) on series or phases left out", len(notes))
     stacks = [(label, *_stack(label, frs, tolerance_mm)) for label, frs in phases]
     ref_label, ref, ref_depths = stacks[0]
     for label, frs, depths in stacks[1:]:

@@ -279,3 +279,10 @@ def test_scored_study_sr_records_the_phases_and_passes_dciodvfy(tmp_path: Path, 
     assert "120 s <- 'temporal position 3' (95 s)" in phases
     used = {s.sop_instance_uid for s in result.findings[0].sources}
     assert len(used) == 5 * 16, "the image library references the 5 phases used (16 slices each), not all 6"
+
+
+def test_missing_series_of_a_per_series_dynamic_names_the_temporal_position(engine: TinyEngine) -> None:
+    """Per-series Temporal Position Identifiers count across the whole dynamic: a lost series is named."""
+    datasets = [ds for ds in build_study(TIMINGS[6], "series_tpi") if ds.SeriesDescription != "post3"]
+    with pytest.raises(StudyIncomplete, match=r"missing temporal position\(s\) 4 of 6 \(Number of Temporal Positions\)"):
+        run_breast_mri("job-m", _study_uid(datasets), datasets, engine)

@@ -97,3 +97,22 @@ def test_worker_sends_the_not_available_sr_for_a_study_failure(tmp_path: Path, f
     assert "1 phase found" in str(sr.ContentSequence[-1].ContentSequence[0].TextValue)
     errors, output = dciodvfy(Path(rows[0]["path"]))
     assert errors == [], output
+
+
+def test_dashboard_shows_the_reason_without_uids(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from appliance.web import create_app
+
+    config = parse_config({"node": {"data_dir": str(tmp_path), "min_free_bytes": 1}, "web": {"port": 0}})
+    store = StateStore.for_data_dir(tmp_path)
+    study, series = _spooled_study(store, tmp_path, 1)
+    queue = JobQueue(store)
+    job_id, _ = queue.enqueue("breast_mri", study, series)
+    queue.lease("w")
+    reason = f"series {series[0]} (dyn 1): {REASON}"
+    queue.fail(job_id, "w", reason, transient=False)
+    page = TestClient(create_app(config, store)).get("/")
+    assert page.status_code == 200
+    assert f"series (UID) (dyn 1): {REASON}".replace("'", "&#39;") in page.text
+    assert series[0] not in page.text and study not in page.text and PATIENT_NAME not in page.text
