@@ -286,3 +286,26 @@ def test_missing_series_of_a_per_series_dynamic_names_the_temporal_position(engi
     datasets = [ds for ds in build_study(TIMINGS[6], "series_tpi") if ds.SeriesDescription != "post3"]
     with pytest.raises(StudyIncomplete, match=r"missing temporal position\(s\) 4 of 6 \(Number of Temporal Positions\)"):
         run_breast_mri("job-m", _study_uid(datasets), datasets, engine)
+
+
+def _manifest(card_extra: dict[str, Any]) -> dict[str, Any]:
+    card = {"inputs": [{"name": "dce", "shape": ["N", 5, 16, 64, 64], "dtype": "float32"}],
+            "outputs": [{"name": "probability", "shape": ["N", 1], "dtype": "float32"}], **card_extra}
+    return {"format": 1, "task": "breast_mri", "version": "1.0.0", "precision": "fp32",
+            "backend": {"name": "onnxruntime"}, "model_file": "m.onnx", "model_card": card,
+            "golden": {"file": "g.npz"}, "files": {"m.onnx": "0" * 64, "g.npz": "1" * 64}}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"post_contrast_times_s": [30, 30]}, r"post_contrast_times_s \[30, 30\] must be a non-empty list of increasing"),
+    ({"post_contrast_times_s": []}, r"post_contrast_times_s \[\] must be"),
+    ({"post_contrast_times_s": [30, 120], "phase_tolerance_s": -1}, r"phase_tolerance_s -1 must be a number >= 0"),
+    ({"post_contrast_times_s": [30, 120], "phase_count": 5}, r"phase_count 5 must be 1 \+ the 2 post_contrast_times_s"),
+])
+def test_bundle_card_phase_times_are_checked_at_install(extra: dict[str, Any], message: str) -> None:
+    from engines.errors import BundleRejected
+    from engines.manifest import Manifest
+
+    assert Manifest.from_dict(_manifest({"post_contrast_times_s": [30, 120, 210, 300], "phase_count": 5}))
+    with pytest.raises(BundleRejected, match=message):
+        Manifest.from_dict(_manifest(extra))
