@@ -22,6 +22,7 @@ model card's normalization; ``appliance/mri/_preprocess.py`` computes the same).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -263,13 +264,18 @@ def make_case(rng: np.random.Generator, positive: bool, phase_times_s: tuple[flo
     volume = np.empty((len(times), *GRID), dtype=np.float32)
     base = s0.copy()
     base[lesion] = lesion_s0
+    # another protocol draws its noise from a copy, and the case's own generator skips the nominal
+    # protocol's noise draws: the clinical record below is the same whatever the timing
+    noise = rng if times == PHASE_TIMES_S else copy.deepcopy(rng)
     for p in range(len(times)):
         rel = fgt * bpe[p] + muscle * e_muscle[p]
         rel = np.where(lesion, e_lesion[p] * heterogeneity, rel)
         signal = base * (1 + rel) * bias
-        n1 = rng.standard_normal(GRID) * sigma
-        n2 = rng.standard_normal(GRID) * sigma
+        n1 = noise.standard_normal(GRID) * sigma
+        n2 = noise.standard_normal(GRID) * sigma
         volume[p] = np.sqrt((signal + n1) ** 2 + n2**2)  # Rician magnitude noise
+    if noise is not rng:
+        rng.standard_normal((2 * len(PHASE_TIMES_S), *GRID))
     return DceCase(
         volume=volume,
         clinical=_clinical(rng, bool(positive), curve),
