@@ -51,6 +51,7 @@ from appliance.mri._frames import (
     frames_of,
     series_label,
 )
+from appliance.mri._series import DERIVED_DESCRIPTIONS, leave_out_derived, leave_out_odd_geometry
 from appliance.mri._timing import PhaseInfo
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ logger = logging.getLogger(__name__)
 ORIENTATION_TOLERANCE = 1e-3  #: direction cosines
 SPACING_TOLERANCE = 1e-3  #: relative, pixel spacing
 SAME_TIME_S = 0.5  #: two phases of different series this close in time are the same acquisition
-#: Series Descriptions of subtraction, projection and parametric series (matched anywhere, case-insensitive)
-DERIVED_DESCRIPTIONS = r"\bsub\b|subtract|\bmip\b|\bmpr\b|\bsubs\b|_sub\b"
 _ENCODING = {ENHANCED_MR_IMAGE_STORAGE: "enhanced", LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE: "legacy_enhanced"}
 
 
@@ -186,16 +185,6 @@ def _order_series(by_series: dict[str, list[Frame]], phase_rules: Sequence[str])
     return chosen
 
 
-def _geometry_key(frames: list[Frame]) -> tuple[object, ...]:
-    f = frames[0]
-    return (tuple(np.round(f.orientation, 2).tolist()), f.rows, f.columns)
-
-
-def _describe_geometry(frames: list[Frame]) -> str:
-    f = frames[0]
-    return f"orientation {np.round(f.orientation, 3).tolist()}, matrix {f.rows}x{f.columns}"
-
-
 def _check_within_series(frames: list[Frame]) -> None:
     """One series has one Image Orientation (Patient) (C.7.6.2.1.1) and one matrix."""
     ref = frames[0]
@@ -203,58 +192,6 @@ def _check_within_series(frames: list[Frame]) -> None:
         if np.max(np.abs(frame.orientation - ref.orientation)) > ORIENTATION_TOLERANCE:
             raise StudyIncomplete(f"{series_label(frame)}: Image Orientation (Patient) {frame.orientation.tolist()} "
                                   f"differs from {ref.orientation.tolist()} within the series")
-
-
-def _leave_out_odd_geometry(by_series: dict[str, list[Frame]], notes: list[str]) -> dict[str, list[Frame]]:
-    """With several series, keep those sharing the most common orientation and matrix (most series, then
-    most images; a T2 or a localizer in the job is left out); each series left out is named in ``notes``."""
-    if len(by_series) < 2:
-        return by_series
-    weight: dict[tuple[object, ...], tuple[int, int]] = {}
-    for frames in by_series.values():
-        n_series, n_frames = weight.get(_geometry_key(frames), (0, 0))
-        weight[_geometry_key(frames)] = (n_series + 1, n_frames + len(frames))
-    dominant = max(weight, key=lambda k: weight[k])  # most series, then most images
-    kept = {uid: frs for uid, frs in by_series.items() if _geometry_key(frs) == dominant}
-    reference = next(iter(kept.values()))
-    for frames in by_series.values():
-        if _geometry_key(frames) != dominant:
-            notes.append(f"left out {series_label(frames[0])}: {_describe_geometry(frames)} differs from "
-                         f"{_describe_geometry(reference)} of the other series")
-    return kept
-
-
-def _joined(values: Sequence[str]) -> str:
-    return "\\".join(values)
-
-
-def _leave_out_derived(by_series: dict[str, list[Frame]], notes: list[str], descriptions: str
-                       ) -> dict[str, list[Frame]]:
-    """Leave out subtraction series (Image Type SUBTRACTION or a matching Series Description), and derived
-    series when original ones remain; each is named in ``notes``."""
-    rule = re.compile(descriptions, re.IGNORECASE) if descriptions else None
-    kept: dict[str, list[Frame]] = {}
-    for uid, frames in by_series.items():
-        first = frames[0]
-        if "SUBTRACTION" in first.image_type:
-            notes.append(f"left out {series_label(first)}: a subtraction series (Image Type "
-                         f"{_joined(first.image_type)})")
-        elif rule is not None and rule.search(first.series_description):
-            notes.append(f"left out {series_label(first)}: its Series Description matches the derived-series rule "
-                         f"{descriptions!r}")
-        else:
-            kept[uid] = frames
-    original = {uid: f for uid, f in kept.items() if not f[0].image_type or f[0].image_type[0] != "DERIVED"}
-    if original and len(original) < len(kept):
-        for uid, frames in kept.items():
-            if uid not in original:
-                notes.append(f"left out {series_label(frames[0])}: a derived series (Image Type "
-                             f"{_joined(frames[0].image_type)}) beside original ones")
-        kept = original
-    if not kept:
-        raise StudyIncomplete("every series of the job is a subtraction or derived series: "
-                              + "; ".join(notes))
-    return kept
 
 
 def _temporal_series(by_series: dict[str, list[Frame]]) -> bool:
@@ -313,8 +250,8 @@ def _phases(
         _check_within_series(series)
     if phase_rules:
         return "series_per_phase", _order_series(by_series, phase_rules)
-    by_series = _leave_out_derived(by_series, notes, derived_descriptions)
-    by_series = _leave_out_odd_geometry(by_series, notes)
+    by_series = leave_out_derived(by_series, notes, derived_descriptions)
+    by_series = leave_out_odd_geometry(by_series, notes)
     if _temporal_series(by_series):  # one dynamic written as several series, numbered across them
         pooled = [f for series in by_series.values() for f in series]
         encoding = "series_per_phase" if all(len({f.temporal_index for f in s}) == 1 for s in by_series.values()) \
