@@ -25,7 +25,8 @@ from tests.mri.test_protocols import TIMED_CARD, TIMINGS
 from tests.mri.tiny_engine import export_tiny, install_tiny_bundle
 from tests.peers import DSRDUMP, Orthanc, dciodvfy, require_tool
 
-MR_ROUTE = {"pipeline": "breast_mri", "match": {"Modality": "MR"}, "stable_seconds": 1}
+#: quiet time before a study is complete: sending the 6-series study can pause on a loaded machine
+MR_ROUTE = {"pipeline": "breast_mri", "match": {"Modality": "MR"}, "stable_seconds": 5}
 
 
 @pytest.fixture
