@@ -128,6 +128,8 @@ class RouteSettings(_Section):
     required_series: tuple[str, ...] = ()  #: Series Descriptions (or re:) that must all be present
     force_complete_seconds: Annotated[float, Field(ge=0)] = 0.0  #: 0: never force
     priority: Annotated[int, Field(ge=0, le=9)] = 5  #: lower runs first; 0 is urgent
+    #: a job failing for a reason in the study sends an "AI result not available" SR with the reason
+    failure_report: bool = True
 
     @field_validator("match")
     @classmethod

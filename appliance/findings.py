@@ -79,6 +79,7 @@ class Finding:
     top_tiles: tuple[TileHit, ...] = ()
     kinetic_curve: KineticCurve | None = None
     tiles_scored: int = 0
+    phases: tuple[str, ...] = ()  #: breast MRI: each model phase and the study phases (and times) it was made from
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:

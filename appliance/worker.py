@@ -197,6 +197,8 @@ class Worker:
     """The one inference worker (a service component named ``worker``)."""
 
     name = "worker"
+    #: issue 13: ``(job, reason)`` for a job failing for a reason in the study (``appliance.reports.unavailable``)
+    on_study_failure: Callable[[Job, str], None] | None = None
 
     def __init__(
         self,
@@ -338,6 +340,8 @@ class Worker:
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                 else:
+                    if isinstance(exc, StudyIncomplete) and self.on_study_failure is not None:
+                        self.on_study_failure(job, str(exc))  # issue 13: PACS learns why there is no result
                     self.queue.fail(job.id, self.owner, str(exc), transient=False)
                 return
             except Exception as exc:
@@ -439,7 +443,7 @@ def worker_component(
         registry = Registry(config.data_dir / "engines", config.trusted_keys_dir, **config.engine_options)
         engines = EngineCache(registry, cpu_threads=config.engines.cpu_threads)
     queue = JobQueue(store, config.worker.lease_seconds, config.worker.max_attempts)
-    return Worker(
+    worker = Worker(
         store,
         queue,
         pipelines if pipelines is not None else {name: _Lazy(spec) for name, spec in PIPELINE_SPECS.items()},
@@ -447,6 +451,10 @@ def worker_component(
         deliver if deliver is not None else default_deliver(config, store),
         engines,
     )
+    from appliance.reports.unavailable import unavailable_reporter  # issue 13: failures reported to PACS
+
+    worker.on_study_failure = unavailable_reporter(config, store, worker.deliver)
+    return worker
 
 
 def default_report(config: Config) -> ReportFn:

@@ -20,6 +20,10 @@ Fields (all required unless a default is given)::
     model_file    the primary model file (a key of ``files``)
     model_card    {"inputs": [{"name", "shape", "dtype", ...}], "outputs": [...], ...free keys}
                   shape entries are positive ints (fixed) or strings (dynamic, e.g. "N")
+                  optional phase timing (time-series models, e.g. breast DCE-MRI):
+                  "post_contrast_times_s": [30, 120, ...] increasing seconds after injection
+                  (the phases after a pre-contrast one), "phase_tolerance_s": 30,
+                  "phase_count" (if given) = 1 + number of post-contrast times
     batch_sizes   [min, max] accepted on the first (dynamic) input dimension (default [1, 64])
     golden        {"file": "golden.npz", "atol": 1e-4, "rtol": 1e-3}
                   npz arrays "input.NAME" and "output.NAME"
@@ -135,6 +139,25 @@ def _require(cond: bool, message: str) -> None:
         raise BundleRejected(message)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_phase_times(card: dict[str, Any]) -> None:
+    """The optional phase timing of a time-series model card (see the module docstring)."""
+    if "post_contrast_times_s" not in card:
+        return
+    times = card["post_contrast_times_s"]
+    _require(isinstance(times, list) and bool(times) and all(_is_number(t) and t >= 0 for t in times)
+             and all(b > a for a, b in zip(times, times[1:])),
+             f"model_card.post_contrast_times_s {times!r} must be a non-empty list of increasing seconds >= 0")
+    tolerance = card.get("phase_tolerance_s", 0)
+    _require(_is_number(tolerance) and tolerance >= 0, f"model_card.phase_tolerance_s {tolerance!r} must be a number >= 0")
+    if "phase_count" in card:
+        _require(card["phase_count"] == 1 + len(times), f"model_card.phase_count {card['phase_count']!r} must be 1 + "
+                 f"the {len(times)} post_contrast_times_s (a pre-contrast phase, then those)")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A checked manifest. ``sha256`` is the hash of its canonical bytes (what was signed)."""
@@ -201,6 +224,7 @@ class Manifest:
         for where in ("inputs", "outputs"):
             _require(isinstance(card.get(where), list) and bool(card[where]),
                      f"model_card.{where} must be a non-empty list of {{name, shape, dtype}}")
+        _check_phase_times(card)
         inputs = tuple(TensorSpec.from_card(e, "inputs") for e in card["inputs"])
         outputs = tuple(TensorSpec.from_card(e, "outputs") for e in card["outputs"])
         for specs, where in ((inputs, "inputs"), (outputs, "outputs")):

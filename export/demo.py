@@ -22,6 +22,7 @@ from export.errors import ExportError
 from export.gate import GateConfig
 from export.models.dce4d import CLINICAL_VARIABLES
 from export.models.tile import H_AND_E_MEAN, H_AND_E_STD
+from export.synthetic.dce import POST_CONTRAST_TIMES_S
 from export.pipeline import PRECISIONS, Progress, TaskExport, TaskReport, convert_task, sign_bundles
 from export.train import DEMO_NOTICE, DemoModels, DemoSizes, save_checkpoint, train_demo_models
 
@@ -90,6 +91,8 @@ def task_specs(models: DemoModels) -> dict[str, TaskExport]:
         "outputs": [{"name": "probability", "shape": ["N", 1], "dtype": "float32",
                      "meaning": "probability of axillary lymph-node metastasis"}],
         "threshold": 0.5, "phase_count": dce.phases, "grid": list(dce.grid), "spacing_mm": list(dce.spacing_mm),
+        # the phases it was trained on: pre-contrast, then these seconds after injection (issue 13)
+        "post_contrast_times_s": list(POST_CONTRAST_TIMES_S), "phase_tolerance_s": 30.0,
         "clinical_variables": list(CLINICAL_VARIABLES), "labels": ["node negative", "node positive"],
         "codes": {"finding": {"scheme": "SCT", "value": "399523006", "meaning": "Axillary lymph node metastasis"}},
         "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(dce).items()},

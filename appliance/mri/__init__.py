@@ -10,6 +10,7 @@ from appliance.mri._clinical import (
 )
 from appliance.mri._kinetics import Kinetics, lesion_kinetics
 from appliance.mri._preprocess import ModelGeometry, Prepared, preprocess
+from appliance.mri._timing import PhaseInfo, PhasePlan, PhaseSchedule, map_to_model, plan_phases
 from appliance.mri.pipeline import BreastMriInput, job_instance_paths, prepare_inputs, run_breast_mri
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "Dce4D",
     "Kinetics",
     "ModelGeometry",
+    "PhaseInfo",
+    "PhasePlan",
+    "PhaseSchedule",
     "Prepared",
     "SourceRef",
     "assemble",
@@ -26,6 +30,8 @@ __all__ = [
     "get_clinical",
     "job_instance_paths",
     "lesion_kinetics",
+    "map_to_model",
+    "plan_phases",
     "prepare_inputs",
     "preprocess",
     "run_breast_mri",

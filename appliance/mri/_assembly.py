@@ -1,15 +1,27 @@
 """Assemble a DCE-MRI study into one 4-D array (phase, z, y, x), whatever the encoding.
 
-Three encodings (see ``export/synthetic/dce_dicom.py`` for examples):
+The encodings scanners and converters write (``export/synthetic/dce_dicom.py``
+writes examples):
 
 1. one classic MR series holding every phase, told apart by Temporal Position
    Identifier (0020,0100) and Number of Temporal Positions (0020,0105)
    (PS3.3 C.8.3.1, MR Image Module); without them, the images at one
    slice position are ordered by Trigger Time, then Acquisition Date/Time;
-2. one classic series per phase, ordered by acquisition time, or picked and
-   ordered by Series Description rules (regular expressions, one per phase);
-3. Enhanced MR multi-frame (A.36.2) with Temporal Position Index in each
-   frame's Frame Content Sequence (C.7.6.16.2.2).
+2. one classic series per phase: with a per-series Temporal Position
+   Identifier (Number of Temporal Positions describing the whole dynamic, as
+   GE and Siemens write it) ordered by it across the series; without it,
+   ordered by acquisition time; or picked and ordered by Series Description
+   rules (regular expressions, one per phase);
+3. a dynamic split into several series of a few phases each (a pre-contrast
+   series, then a series of post-contrast phases): the phases of every series
+   are pooled and ordered by time;
+4. Enhanced MR multi-frame (A.36.2) or Legacy Converted Enhanced MR (A.71.3)
+   with Temporal Position Index in each frame's Frame Content Sequence
+   (C.7.6.16.2.2), or the converted Temporal Position Identifier.
+
+Subtraction and other derived series in the same job (Image Type DERIVED or
+SUBTRACTION, or a Series Description matching :data:`DERIVED_DESCRIPTIONS`)
+are left out with a note, as are series of another orientation or matrix.
 
 Slices are sorted by their position along the slice normal (the cross product
 of the Image Orientation (Patient) row and column cosines, C.7.6.2.1.1);
@@ -32,12 +44,22 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from appliance.errors import StudyIncomplete
-from appliance.mri._frames import ENHANCED_MR_IMAGE_STORAGE, Frame, frames_of, series_label
+from appliance.mri._frames import (
+    ENHANCED_MR_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE,
+    Frame,
+    frames_of,
+    series_label,
+)
+from appliance.mri._series import DERIVED_DESCRIPTIONS, leave_out_derived, leave_out_odd_geometry
+from appliance.mri._timing import PhaseInfo
 
 logger = logging.getLogger(__name__)
 
 ORIENTATION_TOLERANCE = 1e-3  #: direction cosines
 SPACING_TOLERANCE = 1e-3  #: relative, pixel spacing
+SAME_TIME_S = 0.5  #: two phases of different series this close in time are the same acquisition
+_ENCODING = {ENHANCED_MR_IMAGE_STORAGE: "enhanced", LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE: "legacy_enhanced"}
 
 
 @dataclass(frozen=True)
@@ -60,10 +82,12 @@ class Dce4D:
     origin: tuple[float, float, float]  #: Image Position (Patient) of the first slice
     phase_labels: tuple[str, ...]  #: Series Description or "temporal position N" per phase
     phase_times_s: tuple[float | None, ...]  #: time of each phase relative to the first; None when unknown
-    encoding: str  #: single_series | series_per_phase | enhanced
+    encoding: str  #: single_series | series_per_phase | split_series | enhanced | legacy_enhanced
     series_uids: tuple[str, ...]
     sources: tuple[SourceRef, ...]
     notes: tuple[str, ...] = ()  #: series left out, and why
+    phases: tuple[PhaseInfo, ...] = ()  #: each phase's timing and contrast, for phase mapping
+    phase_sources: tuple[tuple[SourceRef, ...], ...] = ()  #: the instances of each phase
 
 
 def _dedupe_instances(instances: Iterable[tuple[Path | None, Dataset]]) -> list[tuple[Path | None, Dataset]]:
@@ -146,38 +170,19 @@ def _same_image(a: Frame, b: Frame) -> bool:
             and a.time_s == b.time_s and bool(np.array_equal(a.pixels, b.pixels)))
 
 
-def _order_series(
-    by_series: dict[str, list[Frame]], phase_rules: Sequence[str] | None
-) -> list[tuple[str, list[Frame]]]:
-    """One phase per series: pick by Series Description rules, or order by earliest acquisition time."""
-    if phase_rules:
-        chosen: list[tuple[str, list[Frame]]] = []
-        for rule in phase_rules:
-            hits = [uid for uid, fr in by_series.items() if re.fullmatch(rule, fr[0].series_description, re.IGNORECASE)]
-            if not hits:
-                present = ", ".join(repr(fr[0].series_description) for fr in by_series.values())
-                raise StudyIncomplete(f"no series matches phase rule {rule!r} (series present: {present})")
-            if len(hits) > 1:
-                raise StudyIncomplete(f"phase rule {rule!r} matches {len(hits)} series: "
-                                      + ", ".join(series_label(by_series[u][0]) for u in hits))
-            chosen.append((by_series[hits[0]][0].series_description, by_series[hits[0]]))
-        return chosen
-    untimed = [uid for uid, fr in by_series.items() if all(f.time_s is None for f in fr)]
-    if untimed:
-        raise StudyIncomplete(f"{series_label(by_series[untimed[0]][0])}: no Acquisition Time to order the "
-                              "phase series; set phase rules on Series Description")
-    ordered = sorted(by_series.values(), key=lambda fr: min(f.time_s for f in fr if f.time_s is not None))
-    return [(fr[0].series_description, fr) for fr in ordered]
-
-
-def _geometry_key(frames: list[Frame]) -> tuple[object, ...]:
-    f = frames[0]
-    return (tuple(np.round(f.orientation, 2).tolist()), f.rows, f.columns)
-
-
-def _describe_geometry(frames: list[Frame]) -> str:
-    f = frames[0]
-    return f"orientation {np.round(f.orientation, 3).tolist()}, matrix {f.rows}x{f.columns}"
+def _order_series(by_series: dict[str, list[Frame]], phase_rules: Sequence[str]) -> list[tuple[str, list[Frame]]]:
+    """One phase per series, picked and ordered by Series Description rules."""
+    chosen: list[tuple[str, list[Frame]]] = []
+    for rule in phase_rules:
+        hits = [uid for uid, fr in by_series.items() if re.fullmatch(rule, fr[0].series_description, re.IGNORECASE)]
+        if not hits:
+            present = ", ".join(repr(fr[0].series_description) for fr in by_series.values())
+            raise StudyIncomplete(f"no series matches phase rule {rule!r} (series present: {present})")
+        if len(hits) > 1:
+            raise StudyIncomplete(f"phase rule {rule!r} matches {len(hits)} series: "
+                                  + ", ".join(series_label(by_series[u][0]) for u in hits))
+        chosen.append((by_series[hits[0]][0].series_description, by_series[hits[0]]))
+    return chosen
 
 
 def _check_within_series(frames: list[Frame]) -> None:
@@ -189,27 +194,54 @@ def _check_within_series(frames: list[Frame]) -> None:
                                   f"differs from {ref.orientation.tolist()} within the series")
 
 
-def _leave_out_odd_geometry(by_series: dict[str, list[Frame]], notes: list[str]) -> dict[str, list[Frame]]:
-    """With several series, keep those sharing the most common orientation and matrix (most series, then
-    most images; a T2 or a localizer in the job is left out); each series left out is named in ``notes``."""
-    if len(by_series) < 2:
-        return by_series
-    weight: dict[tuple[object, ...], tuple[int, int]] = {}
+def _temporal_series(by_series: dict[str, list[Frame]]) -> bool:
+    """Several series, every image with a Temporal Position Identifier, no position in two series."""
+    if len(by_series) < 2 or not all(f.temporal_index is not None for s in by_series.values() for f in s):
+        return False
+    seen: set[int] = set()
     for frames in by_series.values():
-        n_series, n_frames = weight.get(_geometry_key(frames), (0, 0))
-        weight[_geometry_key(frames)] = (n_series + 1, n_frames + len(frames))
-    dominant = max(weight, key=lambda k: weight[k])  # most series, then most images
-    kept = {uid: frs for uid, frs in by_series.items() if _geometry_key(frs) == dominant}
-    reference = next(iter(kept.values()))
-    for frames in by_series.values():
-        if _geometry_key(frames) != dominant:
-            notes.append(f"left out {series_label(frames[0])}: {_describe_geometry(frames)} differs from "
-                         f"{_describe_geometry(reference)} of the other series")
-    return kept
+        positions = {int(f.temporal_index) for f in frames}  # type: ignore[arg-type]
+        if positions & seen:
+            return False
+        seen |= positions
+    return True
+
+
+def _phase_time(frames: list[Frame], absolute: bool) -> float | None:
+    values = [f.acquisition_s if absolute else f.time_s for f in frames]
+    return min((v for v in values if v is not None), default=None)
+
+
+def _in_series(frame: Frame, label: str) -> str:
+    number = f"series {frame.series_number}" if frame.series_number is not None else frame.series_description
+    return f"{number}, {label}"
+
+
+def _pool_by_time(by_series: dict[str, list[Frame]], splits: dict[str, list[tuple[str, list[Frame]]]]
+                  ) -> list[tuple[str, list[Frame]]]:
+    """Every series' phases in one list ordered by acquisition time; the same time twice is an error."""
+    phases = [(label, frs) for split in splits.values() for label, frs in split]
+    untimed = [frs for _, frs in phases if _phase_time(frs, False) is None]
+    if untimed:
+        raise StudyIncomplete(f"{series_label(untimed[0][0])}: no Acquisition Time to order the "
+                              "phase series; set phase rules on Series Description")
+    absolute = all(_phase_time(frs, True) is not None for _, frs in phases)
+    phases.sort(key=lambda p: _phase_time(p[1], absolute))  # type: ignore[arg-type, return-value]
+    for (la, fa), (lb, fb) in zip(phases, phases[1:]):
+        ta, tb = _phase_time(fa, absolute), _phase_time(fb, absolute)
+        if fa[0].series_uid != fb[0].series_uid and abs(tb - ta) < SAME_TIME_S:  # type: ignore[operator]
+            raise StudyIncomplete(f"phase {la!r} of {series_label(fa[0])} and phase {lb!r} of {series_label(fb[0])} "
+                                  "were acquired at the same time: two dynamic series in one job; route one dynamic "
+                                  "series or set phase rules")
+    if any(len(split) > 1 for split in splits.values()):  # "temporal position 1" of two series: name the series
+        phases = [(_in_series(frs[0], label) if len(splits[frs[0].series_uid]) > 1
+                   else frs[0].series_description or label, frs) for label, frs in phases]
+    return phases
 
 
 def _phases(
-    frames: list[Frame], tolerance_mm: float, phase_rules: Sequence[str] | None, notes: list[str]
+    frames: list[Frame], tolerance_mm: float, phase_rules: Sequence[str] | None, notes: list[str],
+    derived_descriptions: str,
 ) -> tuple[str, list[tuple[str, list[Frame]]]]:
     by_series: dict[str, list[Frame]] = {}
     for frame in frames:
@@ -218,24 +250,37 @@ def _phases(
         _check_within_series(series)
     if phase_rules:
         return "series_per_phase", _order_series(by_series, phase_rules)
-    by_series = _leave_out_odd_geometry(by_series, notes)
+    by_series = leave_out_derived(by_series, notes, derived_descriptions)
+    by_series = leave_out_odd_geometry(by_series, notes)
+    if _temporal_series(by_series):  # one dynamic written as several series, numbered across them
+        pooled = [f for series in by_series.values() for f in series]
+        encoding = "series_per_phase" if all(len({f.temporal_index for f in s}) == 1 for s in by_series.values()) \
+            else "split_series"
+        return encoding, _split_series(pooled, tolerance_mm)
     splits = {uid: _split_series(series, tolerance_mm) for uid, series in by_series.items()}
-    dynamic = [uid for uid, split in splits.items() if len(split) > 1]
-    if len(dynamic) > 1:
-        raise StudyIncomplete("several series hold multiple phases: " + ", ".join(
-            series_label(by_series[uid][0]) for uid in dynamic) + "; route one dynamic series or set phase rules")
-    if dynamic:
-        only = by_series[dynamic[0]]
-        for uid, series in by_series.items():
-            if uid != dynamic[0]:
-                notes.append(f"left out {series_label(series[0])}: a single phase beside the dynamic series")
-        encoding = "enhanced" if only[0].sop_class_uid == ENHANCED_MR_IMAGE_STORAGE else "single_series"
-        return encoding, splits[dynamic[0]]
     if len(by_series) == 1:
         only = next(iter(by_series.values()))
-        encoding = "enhanced" if only[0].sop_class_uid == ENHANCED_MR_IMAGE_STORAGE else "single_series"
-        return encoding, splits[only[0].series_uid]
-    return "series_per_phase", _order_series(by_series, None)
+        return _ENCODING.get(only[0].sop_class_uid, "single_series"), splits[only[0].series_uid]
+    encoding = "series_per_phase" if all(len(split) == 1 for split in splits.values()) else "split_series"
+    return encoding, _pool_by_time(by_series, splits)
+
+
+def _phase_info(label: str, frames: list[Frame]) -> PhaseInfo:
+    """What one phase's images say about its time and contrast (earliest time of its images)."""
+    def earliest(values: Iterable[float | None]) -> float | None:
+        return min((v for v in values if v is not None), default=None)
+
+    resolution = earliest(f.temporal_resolution_s for f in frames)
+    index = earliest(float(f.temporal_index) for f in frames if f.temporal_index is not None)
+    flags = [f.contrast for f in frames if f.contrast is not None]
+    return PhaseInfo(
+        label=label, series_uid=frames[0].series_uid,
+        acquisition_s=earliest(f.acquisition_s for f in frames),
+        trigger_s=earliest(f.trigger_s for f in frames),
+        temporal_s=None if resolution is None or index is None else (index - 1) * resolution,
+        contrast=any(flags) if flags else None,
+        contrast_start_s=earliest(f.contrast_start_s for f in frames),
+    )
 
 
 def _stack(label: str, frames: list[Frame], tolerance_mm: float) -> tuple[list[Frame], np.ndarray]:
@@ -302,27 +347,32 @@ def assemble(
     phase_count: int | None = None,
     phase_rules: Sequence[str] | None = None,
     tolerance_mm: float = 0.05,
+    philips_scale: bool = False,
+    derived_descriptions: str = DERIVED_DESCRIPTIONS,
 ) -> Dce4D:
-    """Build the 4-D array from a study's instances, in any order, in any of the three encodings.
+    """Build the 4-D array from a study's instances, in any order, in any of the encodings.
 
-    ``phase_count``: the number of phases the model needs (the model card's
-    ``phase_count``); ``phase_rules``: one regular expression per phase, matched
-    in full against Series Description (case-insensitive), in phase order.
+    ``phase_count``: the number of phases the model needs, for a model card that
+    gives no phase times (else leave it None and map the phases by time,
+    :mod:`appliance.mri._timing`); ``phase_rules``: one regular expression per
+    phase, matched in full against Series Description (case-insensitive), in
+    phase order; ``philips_scale``: apply Philips' private Scale Slope;
+    ``derived_descriptions``: Series Descriptions to leave out ("" for none).
     """
     pairs = [item if isinstance(item, tuple) else (None, item) for item in instances]
-    frames = frames_of(_dedupe_instances(pairs))
+    frames = frames_of(_dedupe_instances(pairs), philips_scale=philips_scale)
     if not frames:
         raise StudyIncomplete("no MR Image or Enhanced MR Image instances in the series given")
     notes: list[str] = []
-    encoding, phases = _phases(frames, tolerance_mm, phase_rules, notes)
+    encoding, phases = _phases(frames, tolerance_mm, phase_rules, notes, derived_descriptions)
     if phase_count is not None and len(phases) != phase_count:
         names = ", ".join(f"{label!r}" for label, _ in phases)
         series = ", ".join(sorted({series_label(f[0]) for _, f in phases}))
         raise StudyIncomplete(f"{series}: {len(phases)} phase(s) found ({names}) but the model needs {phase_count}"
                               + (" (a phase is missing)" if len(phases) < phase_count else "")
                               + "".join(f"; {note}" for note in notes))
-    for note in notes:
-        logger.info("assembly: %s", note)
+    if notes:  # the notes name series by UID: they go to the report, the log gets their number
+        logger.info("assembly: %d note(s) on series or phases left out", len(notes))
     stacks = [(label, *_stack(label, frs, tolerance_mm)) for label, frs in phases]
     ref_label, ref, ref_depths = stacks[0]
     for label, frs, depths in stacks[1:]:
@@ -334,8 +384,11 @@ def assemble(
             array[p, z] = frame.values()
     times = [min((f.time_s for f in frs if f.time_s is not None), default=None) for _, frs, _ in stacks]
     t0 = times[0]
-    sources = {(f.series_uid, f.sop_instance_uid): SourceRef(f.series_uid, f.sop_instance_uid, f.sop_class_uid, f.path)
-               for _, frs, _ in stacks for f in frs}
+    per_phase = tuple(
+        tuple(dict.fromkeys(SourceRef(f.series_uid, f.sop_instance_uid, f.sop_class_uid, f.path) for f in frs))
+        for _, frs, _ in stacks
+    )
+    sources = tuple(dict.fromkeys(ref for phase in per_phase for ref in phase))
     return Dce4D(
         array=array,
         spacing_mm=(dz, ref[0].pixel_spacing[0], ref[0].pixel_spacing[1]),
@@ -345,6 +398,8 @@ def assemble(
         phase_times_s=tuple(None if t is None or t0 is None else t - t0 for t in times),
         encoding=encoding,
         series_uids=tuple(dict.fromkeys(f.series_uid for _, frs, _ in stacks for f in frs)),
-        sources=tuple(sources.values()),
+        sources=sources,
         notes=tuple(notes),
+        phases=tuple(_phase_info(label, frs) for label, frs, _ in stacks),
+        phase_sources=per_phase,
     )

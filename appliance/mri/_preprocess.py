@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import JobFailed
+from appliance.errors import JobFailed, StudyIncomplete
 from appliance.mri._assembly import Dce4D
 
 MASK_FRACTION = 0.25  #: of the pre-contrast 99th percentile
@@ -94,10 +94,10 @@ def normalize(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """``S / S0_mean - 1`` inside the breast mask, 0 outside; returns (values, mask, S0_mean)."""
     mask = breast_mask(array[0])
     if not mask.any():
-        raise JobFailed("the pre-contrast phase has no signal above background; cannot normalize")
+        raise StudyIncomplete("the pre-contrast phase has no signal above background; cannot normalize")
     s0 = float(array[0][mask].mean())
     if s0 <= 0:
-        raise JobFailed(f"mean pre-contrast signal in the breast mask is {s0}; cannot normalize")
+        raise StudyIncomplete(f"mean pre-contrast signal in the breast mask is {s0}; cannot normalize")
     out = np.where(mask[np.newaxis], array.astype(np.float64) / s0 - 1.0, 0.0)
     return out.astype(np.float32), mask, s0
 

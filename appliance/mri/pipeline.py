@@ -21,10 +21,11 @@ from pydicom.dataset import Dataset
 
 from appliance.errors import JobFailed, StudyIncomplete
 from appliance.findings import EngineIdentity, Finding, SourceImage, StudyResult
-from appliance.mri._assembly import Dce4D, assemble
+from appliance.mri._assembly import DERIVED_DESCRIPTIONS, Dce4D, assemble
 from appliance.mri._clinical import card_variables, clinical_vector, study_values
 from appliance.mri._kinetics import lesion_kinetics
 from appliance.mri._preprocess import ModelGeometry, Prepared, preprocess
+from appliance.mri._timing import PhaseSchedule, map_to_model
 from appliance.state import StateStore
 
 __all__ = ["BreastMriInput", "job_instance_paths", "prepare_inputs", "run_breast_mri"]
@@ -55,9 +56,10 @@ class BreastMriInput:
     """What goes into the engine for one study, and what it was made from."""
 
     def __init__(self, study: Dce4D, prepared: Prepared, clinical: np.ndarray, values: dict[str, float | None],
-                 notes: list[str], first: Dataset) -> None:
+                 notes: list[str], first: Dataset, phase_mapping: tuple[str, ...] = ()) -> None:
         self.study, self.prepared, self.clinical = study, prepared, clinical
         self.values, self.notes, self.first = values, notes, first
+        self.phase_mapping = phase_mapping  #: one line per model phase: the study phases and times it came from
 
     def engine_inputs(self) -> dict[str, np.ndarray]:
         """``dce`` [1, phases, z, y, x] and ``clinical`` [1, 2 * variables], float32."""
@@ -87,11 +89,26 @@ def prepare_inputs(
     card: Mapping[str, Any],
     store: StateStore | None = None,
     phase_rules: Sequence[str] | None = None,
+    philips_scale: bool = False,
 ) -> BreastMriInput:
-    """Assemble and preprocess the study and build its clinical vector, as ``card`` says."""
+    """Assemble the study, map its phases onto the model's, preprocess, and build the clinical vector.
+
+    A card with ``post_contrast_times_s`` has the study's phases mapped by time
+    (:mod:`appliance.mri._timing`); an older card with only ``phase_count`` needs
+    exactly that many phases. ``philips_scale`` (or the card's
+    ``philips_scale_slope``) applies Philips' private Scale Slope.
+    """
     geometry = ModelGeometry.from_card(dict(card))
+    schedule = PhaseSchedule.from_card(card)
     pairs = _read(items)
-    study = assemble(pairs, phase_count=geometry.phase_count, phase_rules=phase_rules or card.get("phase_rules"))
+    study = assemble(pairs, phase_count=None if schedule else geometry.phase_count,
+                     phase_rules=phase_rules or card.get("phase_rules"),
+                     philips_scale=philips_scale or bool(card.get("philips_scale_slope", False)),
+                     derived_descriptions=str(card.get("derived_series", DERIVED_DESCRIPTIONS)))
+    mapping: tuple[str, ...] = ()
+    if schedule is not None:
+        study, _ = map_to_model(study, schedule)
+        mapping = study.phase_labels
     prepared = preprocess(study, geometry)
     first = pairs[0][1]
     values, notes = study_values(first, store)
@@ -100,7 +117,7 @@ def prepare_inputs(
     missing = [v for v in variables if values.get(v) is None]
     if missing:
         notes.append(f"clinical variables missing (indicator set): {', '.join(missing)}")
-    return BreastMriInput(study, prepared, vector, values, notes, first)
+    return BreastMriInput(study, prepared, vector, values, notes, first, mapping)
 
 
 def job_instance_paths(store: StateStore, series_uids: Sequence[str]) -> list[Path]:
@@ -139,10 +156,11 @@ def run_breast_mri(
     engine: _Engine,
     store: StateStore | None = None,
     phase_rules: Sequence[str] | None = None,
+    philips_scale: bool = False,
 ) -> StudyResult:
     """Run one study through the engine; ``items`` are the job's instance files (or datasets)."""
     card = engine.manifest.model_card
-    prepared = prepare_inputs(items, card, store, phase_rules)
+    prepared = prepare_inputs(items, card, store, phase_rules, philips_scale)
     study = prepared.study
     logger.info("job %s: %s encoding, %d phases, grid %s", job_id, study.encoding, study.array.shape[0],
                 "x".join(map(str, study.array.shape[1:])))
@@ -162,7 +180,7 @@ def run_breast_mri(
     )
     finding = Finding(
         pipeline=PIPELINE, probability=probability, threshold=threshold, engine=_identity(engine), sources=sources,
-        kinetic_curve=kinetics.curve if kinetics is not None else None,
+        kinetic_curve=kinetics.curve if kinetics is not None else None, phases=prepared.phase_mapping,
     )
     logger.info("job %s: probability %.3f at threshold %.3f", job_id, probability, threshold)
     return StudyResult(job_id=job_id, study_uid=study_uid, findings=(finding,), notes=tuple(notes))

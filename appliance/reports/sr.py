@@ -37,6 +37,8 @@ PROBABILITY_UNIT = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 DEMO_DISCLAIMER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE."
 UNVERIFIED_NOTE = "Unverified machine result; it must be reviewed by a physician."
+#: Concept name of the text items saying which study phases made each model phase (breast DCE-MRI)
+CONTRAST_PHASE = codes.DCM.ContrastPhase  # (109058, DCM, "Contrast Phase")
 
 
 @dataclass(frozen=True)
@@ -191,10 +193,13 @@ def _observation_context(device: DeviceInfo) -> hd.sr.ObservationContext:
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def _summary_container(text: str) -> hd.sr.ContainerContentItem:
+def _summary_container(text: str, phases: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the summary, then one Contrast Phase text per model phase."""
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     container.ContentSequence = hd.sr.ContentSequence(
         [hd.sr.TextContentItem(name=codes.DCM.Summary, value=text, relationship_type="CONTAINS")]
+        + [hd.sr.TextContentItem(name=CONTRAST_PHASE, value=line[:1024], relationship_type="CONTAINS")
+           for line in phases]
     )
     return container
 
@@ -215,7 +220,8 @@ def build_sr(result: StudyResult, device: DeviceInfo, headers: Sequence[Dataset]
         ),
         referenced_images=[with_plane_geometry(with_type2(ds)) for ds in headers],
     )
-    report[0].ContentSequence.append(_summary_container(summary_text(result)))
+    phases = [f"model phase {line}" for f in result.findings for line in f.phases]
+    report[0].ContentSequence.append(_summary_container(summary_text(result), phases))
     version = result_version(result)
     engines = list({f.engine.manifest_sha256: f.engine for f in result.findings}.values())
     evidence = [with_type2(ds) for ds in headers]

@@ -1,4 +1,4 @@
-"""Synthetic breast DCE-MRI cases: a pre-contrast and four post-contrast 3-D volumes.
+"""Synthetic breast DCE-MRI cases: a pre-contrast and four post-contrast 3-D volumes (or any other timing).
 
 One axial slab through one breast (anterior at the top rows, chest wall and
 pectoral muscle at the bottom), T1-weighted without fat suppression: fat is
@@ -8,7 +8,12 @@ enhancing lesion sits in the breast; its time-intensity curve is
 early peak, within 10 %) or ``washout`` (falling more than 10 % after the
 early peak), the BI-RADS kinetic types. Washout correlates with the positive
 label (node metastasis), persistent with the negative one; clinical variables
-correlate too (grade, Ki-67, HER2). Everything comes from the ``rng`` passed in,
+correlate too (grade, Ki-67, HER2). Contrast is injected :data:`INJECTION_S`
+after the pre-contrast phase starts, so the nominal post-contrast phases lie
+at :data:`POST_CONTRAST_TIMES_S` after injection (what the model card states);
+``make_case(..., phase_times_s=...)`` samples the same kinetics at another
+protocol's times (linear in time between the nominal phases, the last
+segment's slope after the last one), as a scanner with another protocol would. Everything comes from the ``rng`` passed in,
 so a seed gives the same case on every machine. About 50 ms a case.
 
 The model input is :func:`relative_signal` of the volume (the ``breast_mri``
@@ -17,6 +22,7 @@ model card's normalization; ``appliance/mri/_preprocess.py`` computes the same).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,9 +33,12 @@ __all__ = [
     "GRID",
     "PHASE_NAMES",
     "PHASE_TIMES_S",
+    "POST_CONTRAST_TIMES_S",
+    "INJECTION_S",
     "SPACING_MM",
     "DceCase",
     "classify_curve",
+    "enhancement_at",
     "make_case",
     "relative_signal",
 ]
@@ -41,6 +50,9 @@ GRID: tuple[int, int, int] = (16, 64, 64)  #: (z, y, x) voxels of every phase
 SPACING_MM: tuple[float, float, float] = (3.0, 1.5, 1.5)  #: (z, y, x) voxel spacing in mm (DceConfig.spacing_mm)
 PHASE_NAMES: tuple[str, ...] = ("pre", "post1", "post2", "post3", "post4")
 PHASE_TIMES_S: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0, 360.0)  #: acquisition start after the pre phase
+INJECTION_S = 60.0  #: contrast injection, seconds after the pre phase starts
+#: the nominal post-contrast phases, seconds after injection (the model card's ``post_contrast_times_s``)
+POST_CONTRAST_TIMES_S: tuple[float, ...] = tuple(t - INJECTION_S for t in PHASE_TIMES_S[1:])
 
 #: BI-RADS delayed-phase rule: change from the early peak above +10 % persistent, below -10 % washout
 CURVE_THRESHOLD = 0.10
@@ -55,13 +67,14 @@ _CURVE_PROBS = {
 class DceCase:
     """One synthetic study: raw signal, clinical record, the lesion's kinetics and the label."""
 
-    volume: np.ndarray  #: float32 [5, 16, 64, 64] raw signal (phase, z, y, x), >= 0
+    volume: np.ndarray  #: float32 [phases, 16, 64, 64] raw signal (phase, z, y, x), >= 0
     clinical: dict[str, float | None]  #: age (years), er, her2 (0/1), ki67 (%), grade (1-3); None = missing
     curve: CurveType  #: the lesion's kinetic curve type
     label: int  #: 1 = node metastasis (positive), 0 = negative
     lesion_mask: np.ndarray = field(repr=False)  #: bool [16, 64, 64]
     breast_mask: np.ndarray = field(repr=False)  #: bool [16, 64, 64]
-    enhancement: tuple[float, ...] = ()  #: the lesion's relative enhancement at each phase (0 at pre)
+    enhancement: tuple[float, ...] = ()  #: the lesion's relative enhancement at each nominal phase (0 at pre)
+    phase_times_s: tuple[float, ...] = PHASE_TIMES_S  #: acquisition start of each phase after the pre phase
 
 
 def classify_curve(enhancement: np.ndarray | tuple[float, ...] | list[float]) -> CurveType:
@@ -212,13 +225,35 @@ def _lesion(rng: np.random.Generator, breast: np.ndarray) -> np.ndarray:
     return mask
 
 
-def make_case(rng: np.random.Generator, positive: bool) -> DceCase:
-    """One synthetic DCE study; deterministic given ``rng``'s state."""
+def enhancement_at(e_nominal: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+    """The lesion's enhancement at ``times_s`` after the pre phase: 0 until injection, linear between the
+    nominal phases, the last segment's slope after the last one."""
+    knots = np.asarray((0.0, INJECTION_S, *PHASE_TIMES_S[1:]))
+    values = np.asarray((0.0, 0.0, *e_nominal[1:]))
+    out = np.interp(times_s, knots, values)
+    slope = (values[-1] - values[-2]) / (knots[-1] - knots[-2])
+    late = times_s > knots[-1]
+    out[late] = values[-1] + slope * (times_s[late] - knots[-1])
+    return np.maximum(out, -0.5)
+
+
+def _check_times(times: tuple[float, ...]) -> None:
+    if len(times) < 2 or times[0] != 0.0 or any(b <= a for a, b in zip(times, times[1:])) or times[1] <= INJECTION_S:
+        raise ValueError(f"phase_times_s {list(times)} must start with 0 (pre), increase, and put every "
+                         f"post-contrast phase after the injection at {INJECTION_S:g} s")
+
+
+def make_case(rng: np.random.Generator, positive: bool, phase_times_s: tuple[float, ...] = PHASE_TIMES_S) -> DceCase:
+    """One synthetic DCE study; deterministic given ``rng``'s state (and the same for the nominal times
+    as before ``phase_times_s`` existed)."""
+    times = tuple(float(v) for v in phase_times_s)
+    _check_times(times)
     curve: CurveType = CURVE_TYPES[int(rng.choice(3, p=_CURVE_PROBS[bool(positive)]))]
     breast, fgt, muscle, s0 = _anatomy(rng)
     lesion = _lesion(rng, breast)
-    e_lesion = _enhancement_curve(rng, curve)
-    t = np.asarray(PHASE_TIMES_S) / 60.0
+    e_nominal = _enhancement_curve(rng, curve)
+    e_lesion = e_nominal if times == PHASE_TIMES_S else enhancement_at(e_nominal, np.asarray(times))
+    t = np.asarray(times) / 60.0
     bpe = rng.uniform(0.05, 0.25) * (1 - np.exp(-t / 4.0)) / (1 - np.exp(-6.0 / 4.0))  # slow, persistent
     e_muscle = 0.35 * (1 - np.exp(-t / 1.5))
     lesion_s0 = rng.uniform(140, 180)
@@ -226,16 +261,21 @@ def make_case(rng: np.random.Generator, positive: bool) -> DceCase:
     bias = 1.0 + rng.uniform(0.05, 0.2) * np.linspace(1, -1, GRID[1])[None, :, None]  # coil falloff
     sigma = rng.uniform(4.0, 7.0)
 
-    volume = np.empty((len(PHASE_TIMES_S), *GRID), dtype=np.float32)
+    volume = np.empty((len(times), *GRID), dtype=np.float32)
     base = s0.copy()
     base[lesion] = lesion_s0
-    for p in range(len(PHASE_TIMES_S)):
+    # another protocol draws its noise from a copy, and the case's own generator skips the nominal
+    # protocol's noise draws: the clinical record below is the same whatever the timing
+    noise = rng if times == PHASE_TIMES_S else copy.deepcopy(rng)
+    for p in range(len(times)):
         rel = fgt * bpe[p] + muscle * e_muscle[p]
         rel = np.where(lesion, e_lesion[p] * heterogeneity, rel)
         signal = base * (1 + rel) * bias
-        n1 = rng.standard_normal(GRID) * sigma
-        n2 = rng.standard_normal(GRID) * sigma
+        n1 = noise.standard_normal(GRID) * sigma
+        n2 = noise.standard_normal(GRID) * sigma
         volume[p] = np.sqrt((signal + n1) ** 2 + n2**2)  # Rician magnitude noise
+    if noise is not rng:
+        rng.standard_normal((2 * len(PHASE_TIMES_S), *GRID))
     return DceCase(
         volume=volume,
         clinical=_clinical(rng, bool(positive), curve),
@@ -243,5 +283,6 @@ def make_case(rng: np.random.Generator, positive: bool) -> DceCase:
         label=int(bool(positive)),
         lesion_mask=lesion,
         breast_mask=breast,
-        enhancement=tuple(float(v) for v in e_lesion),
+        enhancement=tuple(float(v) for v in e_nominal),
+        phase_times_s=times,
     )

@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from export.synthetic.dce import PHASE_NAMES, PHASE_TIMES_S, SPACING_MM, DceCase
+from export.synthetic.dce import INJECTION_S, SPACING_MM, DceCase
 
 __all__ = [
     "ENCODINGS",
@@ -49,6 +49,7 @@ __all__ = [
     "Encoding",
     "StudyIdentity",
     "encode_case",
+    "phase_name",
     "stored_signal",
     "study_identity",
     "to_bytes",
@@ -167,16 +168,21 @@ def _ipp(k: int) -> list[str]:
     return [_ds(_ORIGIN[0]), _ds(_ORIGIN[1]), _ds(_ORIGIN[2] + k * SPACING_MM[0])]
 
 
-def _phase_time(ident: StudyIdentity, phase: int) -> dt.datetime:
-    return ident.study_datetime + dt.timedelta(minutes=2, seconds=PHASE_TIMES_S[phase])
+def phase_name(phase: int) -> str:
+    """Series Description of a phase: ``pre``, ``post1``, ``post2`` ..."""
+    return "pre" if phase == 0 else f"post{phase}"
 
 
-def _contrast(ds: Dataset, ident: StudyIdentity) -> None:
+def _phase_time(ident: StudyIdentity, case: DceCase, phase: int) -> dt.datetime:
+    return ident.study_datetime + dt.timedelta(minutes=2, seconds=case.phase_times_s[phase])
+
+
+def _contrast(ds: Dataset, ident: StudyIdentity, case: DceCase) -> None:
     """Contrast/Bolus Module (C.7.6.4) for post-contrast images."""
     ds.ContrastBolusAgent = "Gadobutrol"
     ds.ContrastBolusRoute = "IV"
     ds.ContrastBolusVolume = "7.5"
-    ds.ContrastBolusStartTime = _tm(_phase_time(ident, 0) + dt.timedelta(seconds=60))
+    ds.ContrastBolusStartTime = _tm(_phase_time(ident, case, 0) + dt.timedelta(seconds=INJECTION_S))
 
 
 def _classic_slice(
@@ -187,10 +193,10 @@ def _classic_slice(
     ds = Dataset()
     sop_uid = generate_uid(entropy_srcs=[ident.uid_seed, series_uid, str(phase), str(k)])
     _common(ds, ident, case, MR_IMAGE_STORAGE, sop_uid)
-    when = _phase_time(ident, phase)
+    when = _phase_time(ident, case, phase)
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
     ds.Laterality = "L"
-    ds.SeriesDate, ds.SeriesTime = when.strftime("%Y%m%d"), _tm(when if not temporal else _phase_time(ident, 0))
+    ds.SeriesDate, ds.SeriesTime = when.strftime("%Y%m%d"), _tm(when if not temporal else _phase_time(ident, case, 0))
     ds.InstanceNumber = instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
     ds.AcquisitionNumber = phase + 1
@@ -211,9 +217,9 @@ def _classic_slice(
     ds.MagneticFieldStrength = "1.5"
     if temporal:
         ds.TemporalPositionIdentifier = phase + 1
-        ds.NumberOfTemporalPositions = len(PHASE_TIMES_S)
+        ds.NumberOfTemporalPositions = len(case.phase_times_s)
     if phase > 0:
-        _contrast(ds, ident)
+        _contrast(ds, ident, case)
     rows, cols = stored.shape
     if rescale is None:
         pixels = stored.astype(np.uint16)
@@ -242,7 +248,7 @@ def _classic(case: DceCase, ident: StudyIdentity, per_phase: bool) -> list[Datas
     for p in range(stored.shape[0]):
         series_uid = generate_uid(entropy_srcs=[ident.uid_seed, "per-phase", str(p)])
         for k in range(n_z):
-            out.append(_classic_slice(case, ident, p, k, series_uid, 10 + p, PHASE_NAMES[p], k + 1, stored[p, k],
+            out.append(_classic_slice(case, ident, p, k, series_uid, 10 + p, phase_name(p), k + 1, stored[p, k],
                                       temporal=False, rescale=(_PER_PHASE_SLOPE, _PER_PHASE_INTERCEPT)))
     return out
 
@@ -315,9 +321,9 @@ def _enhanced_shared(ident: StudyIdentity) -> Dataset:
     return shared
 
 
-def _enhanced_frame(ident: StudyIdentity, phase: int, k: int, n_z: int) -> Dataset:
+def _enhanced_frame(ident: StudyIdentity, case: DceCase, phase: int, k: int, n_z: int) -> Dataset:
     """Per-frame Functional Groups: Frame Content (temporal position, stack position), Plane Position, contrast use."""
-    when = _phase_time(ident, phase) + dt.timedelta(seconds=k * 60.0 / n_z)
+    when = _phase_time(ident, case, phase) + dt.timedelta(seconds=k * 60.0 / n_z)
     frame = Dataset()
     frame.FrameContentSequence = [_item(
         FrameAcquisitionNumber=phase + 1,
@@ -328,7 +334,7 @@ def _enhanced_frame(ident: StudyIdentity, phase: int, k: int, n_z: int) -> Datas
         TemporalPositionIndex=phase + 1,
         StackID="1",
         InStackPositionNumber=k + 1,
-        FrameLabel=PHASE_NAMES[phase],
+        FrameLabel=phase_name(phase),
     )]
     frame.PlanePositionSequence = [_item(ImagePositionPatient=_ipp(k))]
     frame.ContrastBolusUsageSequence = [_item(
@@ -346,7 +352,7 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
     ds = Dataset()
     series_uid = generate_uid(entropy_srcs=[ident.uid_seed, "enhanced"])
     _common(ds, ident, case, ENHANCED_MR_IMAGE_STORAGE, generate_uid(entropy_srcs=[ident.uid_seed, series_uid]))
-    first = _phase_time(ident, 0)
+    first = _phase_time(ident, case, 0)
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 5, "DCE dynamic (enhanced)"
     ds.SeriesDate, ds.SeriesTime = first.strftime("%Y%m%d"), _tm(first)
     ds.InstanceNumber = 1
@@ -355,7 +361,7 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.AcquisitionNumber = 1
     ds.AcquisitionDateTime = first.strftime("%Y%m%d%H%M%S.%f")
-    ds.AcquisitionDuration = PHASE_TIMES_S[-1] + 60.0
+    ds.AcquisitionDuration = case.phase_times_s[-1] + 60.0
     ds.ContentQualification = "RESEARCH"
     ds.ResonantNucleus = "1H"
     ds.KSpaceFiltering = "NONE"
@@ -395,7 +401,8 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
               FunctionalGroupPointer=0x00209111, DimensionDescriptionLabel="Stack Position"),
     ]
     ds.SharedFunctionalGroupsSequence = [_enhanced_shared(ident)]
-    ds.PerFrameFunctionalGroupsSequence = [_enhanced_frame(ident, p, k, n_z) for p in range(n_p) for k in range(n_z)]
+    ds.PerFrameFunctionalGroupsSequence = [_enhanced_frame(ident, case, p, k, n_z) for p in range(n_p)
+                                           for k in range(n_z)]
     _pixel_module(ds, rows, cols, 16)
     ds.PixelData = np.round(stored - _ENHANCED_INTERCEPT).astype(np.uint16).reshape(n_p * n_z, rows, cols).tobytes()
     return ds

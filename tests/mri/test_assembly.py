@@ -230,5 +230,6 @@ def test_other_series_in_the_job_are_left_out(read_encoding: Reader, dce_case: D
 
 
 def test_two_dynamic_series_are_an_error(read_encoding: Reader) -> None:
-    with pytest.raises(StudyIncomplete, match=r"several series hold multiple phases: .*\(DCE dynamic\).*\(DCE dynamic \(enhanced\)\)"):
+    with pytest.raises(StudyIncomplete, match=r"phase 'temporal position 1' of series [0-9.]+ \(DCE dynamic\) and phase 'temporal position 1' "
+                       r"of series [0-9.]+ \(DCE dynamic \(enhanced\)\) were acquired at the same time: two dynamic series"):
         assemble(read_encoding("single_series") + read_encoding("enhanced"), phase_count=5)

@@ -52,3 +52,18 @@ def test_generator_labels_curves_by_the_appliances_rule() -> None:
     curves = np.concatenate([np.zeros((500, 1)), rng.uniform(0.0, 2.0, (500, 4))], axis=1)
     curves[:20, -1] = curves[:20, 1:3].max(axis=1) * 1.1 + 0.1  # exactly at the +10 % threshold
     assert [classify_curve(c) for c in curves] == [classify(c) for c in curves]
+
+
+def test_another_protocol_samples_the_same_lesion_and_record() -> None:
+    """The same seed at other phase times: same lesion kinetics type and clinical record, more phases."""
+    from export.synthetic.dce import PHASE_TIMES_S, enhancement_at
+
+    nominal = make_case(np.random.default_rng(5), positive=True)
+    other = make_case(np.random.default_rng(5), positive=True, phase_times_s=(0.0, 75.0, 120.0, 165.0, 210.0, 255.0))
+    assert other.volume.shape[0] == 6 and other.phase_times_s[1] == 75.0
+    assert (other.curve, other.clinical, other.enhancement) == (nominal.curve, nominal.clinical, nominal.enhancement)
+    np.testing.assert_array_equal(other.volume[0], nominal.volume[0])  # the pre phase: same anatomy, same noise
+    e = np.asarray(nominal.enhancement)
+    np.testing.assert_allclose(enhancement_at(e, np.asarray(PHASE_TIMES_S)), e)
+    with pytest.raises(ValueError, match=r"phase_times_s \[0.0, 30.0\] must start with 0"):
+        make_case(np.random.default_rng(5), positive=True, phase_times_s=(0.0, 30.0))

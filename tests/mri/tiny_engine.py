@@ -71,3 +71,42 @@ class TinyEngine:
         self.calls.append({k: v.copy() for k, v in inputs.items()})
         (probability,) = self.session.run(["probability"], inputs)
         return {"probability": probability}
+
+
+def install_tiny_bundle(data_dir: Path, card: dict[str, Any], onnx_path: Path) -> str:
+    """Sign the tiny model as a ``breast_mri`` bundle with ``card``, install and activate it under ``data_dir``.
+
+    What ``appliance serve`` loads in the end-to-end tests: seconds, where the demo engines need training.
+    """
+    from engines.bundle import write_bundle
+    from engines.registry import Registry
+    from engines.signing import generate_keypair
+
+    trusted = data_dir / "trusted_keys"
+    pair = generate_keypair(data_dir / "keys", "tests")
+    trusted.mkdir(parents=True, exist_ok=True)
+    (trusted / "tests.pub").write_bytes(pair.public_key.read_bytes())
+    inputs = {"dce": np.zeros((1, 5, 16, 64, 64), np.float32), "clinical": np.zeros((1, 10), np.float32)}
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (probability,) = session.run(["probability"], inputs)
+    full_card = {
+        **card,
+        "inputs": [{"name": "dce", "shape": ["N", 5, 16, 64, 64], "dtype": "float32"},
+                   {"name": "clinical", "shape": ["N", 10], "dtype": "float32"}],
+        "outputs": [{"name": "probability", "shape": ["N", 1], "dtype": "float32"}],
+    }
+    manifest = {
+        "task": "breast_mri", "version": "0.0.1-test", "vendor": "tests", "precision": "fp32", "demo": True,
+        "backend": {"name": "onnxruntime", "min_version": "1.17"}, "model_card": full_card, "batch_sizes": [1, 1],
+        "golden": {"inputs": inputs, "outputs": {"probability": probability}, "atol": 1e-4, "rtol": 1e-3},
+    }
+    files = {onnx_path.name: onnx_path}
+    data = onnx_path.with_name(onnx_path.name + ".data")  # the dynamo exporter may keep weights beside the graph
+    if data.is_file():
+        files[data.name] = data
+    bundle = write_bundle(data_dir / "bundle-src", {**manifest, "model_file": onnx_path.name}, files,
+                          pair.private_key.read_bytes())
+    registry = Registry(data_dir / "engines", trusted)
+    installed = registry.install(bundle, "tests")
+    registry.activate("breast_mri", installed.version, "tests")
+    return installed.version
