@@ -316,7 +316,8 @@ def run_dicom_series(paths: Sequence[Path], tile_engine: EngineLike, slide_engin
     """Score a DICOM WSI series stored by the node (all its instance files)."""
     from appliance.pathology._wsi import DicomSlide
 
-    with DicomSlide(paths, sources, threads=settings.read_threads) as slide:
+    path = settings.optical_path or str(tile_engine.manifest.model_card.get("optical_path", "") or "")
+    with DicomSlide(paths, sources, threads=settings.read_threads, optical_path=path) as slide:
         study = slide.levels[0].source.study_uid
         return run_slide(slide, tile_engine, slide_engine, job_id=job_id, study_uid=study,
                          sources=sources, progress=progress, settings=settings)
