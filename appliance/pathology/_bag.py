@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from appliance.errors import JobFailed
+from engines.errors import EngineUnavailable
 
 __all__ = ["BagScores", "score_bag"]
 
@@ -47,6 +48,8 @@ def _head(name: str, x: np.ndarray) -> np.ndarray:
 def _call(engine: Any, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
     try:
         return dict(engine.infer({"embeddings": x}))
+    except EngineUnavailable:
+        raise  # not the study's fault: the worker puts the job back in the queue
     except Exception as exc:
         raise JobFailed(f"{what} engine failed: {exc}") from exc
 

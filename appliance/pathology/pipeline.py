@@ -30,6 +30,7 @@ from appliance.pathology._embeddings import BagKey, EmbeddingStore, tiles_digest
 from appliance.pathology._grid import TileGrid, make_grid
 from appliance.pathology._levels import Level, SlideReader, nearest_level
 from appliance.pathology._tissue import tissue_mask
+from engines.errors import EngineUnavailable
 
 __all__ = ["PathologySettings", "run_slide", "run_dicom_series", "run_slide_file", "Progress", "EngineLike"]
 
@@ -180,6 +181,8 @@ def _infer(engine: EngineLike, name: str, x: np.ndarray, what: str) -> dict[str,
         x = np.concatenate([x, np.zeros((sizes.start - n,) + x.shape[1:], x.dtype)])
     try:
         return engine.infer({name: x})
+    except EngineUnavailable:
+        raise  # not the study's fault: the job goes back to the queue, its saved tiles kept
     except Exception as exc:
         raise JobFailed(f"{what} engine failed: {exc}") from exc
 

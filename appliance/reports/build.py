@@ -17,6 +17,7 @@ was left out and why. A fault in the SR itself is a :class:`ReportError`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -103,13 +104,13 @@ def build_encoded(result: StudyResult, device: DeviceInfo, captures: bool = True
             level = by_uid[heat_map.level_source.sop_instance_uid]
             optional.append(_optional(
                 f"The heat map (Segmentation) of finding {index}",
-                lambda f=finding, i=index, lv=level: build_heatmap_seg(result, i, f, device, lv),
+                functools.partial(build_heatmap_seg, result, index, finding, device, level),
                 result.job_id, omitted))
     if captures:
         for index, finding in enumerate(result.findings, start=1):
             optional.append(_optional(
                 f"The secondary capture of finding {index}",
-                lambda f=finding, i=index: build_capture(result, i, f, device, by_uid), result.job_id, omitted))
+                functools.partial(build_capture, result, index, finding, device, by_uid), result.job_id, omitted))
     noted = dataclasses.replace(result, notes=tuple(result.notes) + tuple(omitted)) if omitted else result
     try:
         sr = build_sr(noted, device, sr_headers)
