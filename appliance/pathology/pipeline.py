@@ -68,7 +68,7 @@ class PathologySettings:
     mpp_tolerance: float = 0.1  #: a finest level coarser than mpp * (1 + this) is refused, never upsampled
     memory_budget_mb: int = 512  #: tile embeddings beyond this go to a disk-backed array
     work_dir: Path | None = None  #: the job's work directory: embeddings saved here resume the job
-    checkpoint_seconds: float = 1.0  #: at most this much encoding is lost when the job is interrupted
+    checkpoint_seconds: float = 0.5  #: at most this much encoding is lost when the job is interrupted
     bag_chunk: int = 16384  #: tiles per slide-engine call when the bag is scored in chunks
     optical_path: str = ""  #: Optical Path Identifier to read; "" the model card's, else the first
 

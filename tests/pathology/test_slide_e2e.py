@@ -29,9 +29,9 @@ from tests.peers import Orthanc, dciodvfy, peer_env
 
 STORESCU = Path("/usr/bin/storescu")
 SM_ROUTE = {"pipeline": "pathology", "match": {"Modality": "SM"}, "stable_seconds": 1, "priority": 5}
-#: the killed slide: a 2048 px synthetic slide repeated MOSAIC x MOSAIC times (about 9,000 tissue tiles of
-#: the demo engine), long enough on 2 cores to be killed at 60 % with a checkpoint each second
-MOSAIC = 7
+#: the killed slide: a 2048 px synthetic slide repeated MOSAIC x MOSAIC times (about 6,000 tissue tiles of
+#: the demo engine), long enough on 2 cores to be killed at 60 % with a checkpoint each half second
+MOSAIC = 6
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -107,11 +107,12 @@ def _sr_text(ds: pydicom.Dataset) -> str:
 
 
 def _probability(sr: pydicom.Dataset) -> float:
+    """The SR's (111047, DCM, "Probability of cancer")."""
     values: list[float] = []
 
     def walk(items: Any) -> None:
         for item in items:
-            if item.get("ValueType") == "NUM":
+            if item.get("ValueType") == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "111047":
                 values.append(float(item.MeasuredValueSequence[0].NumericValue))
             walk(item.get("ContentSequence", []))
 
