@@ -188,7 +188,9 @@ class _LevelData:
             kind = str(inst.ds.get("DimensionOrganizationType", "")).upper()
             per_frame = inst.ds.get("PerFrameFunctionalGroupsSequence")
             if kind == "TILED_SPARSE" or (kind != "TILED_FULL" and per_frame):
-                self._sparse(inst, per_frame or [])
+                if not per_frame:
+                    raise JobFailed(f"{inst.path.name}: TILED_SPARSE without Per-frame Functional Groups")
+                self._sparse(inst, per_frame)
                 del inst.ds.PerFrameFunctionalGroupsSequence  # the table holds what was needed
             else:
                 self._full(inst)

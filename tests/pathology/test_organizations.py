@@ -101,7 +101,8 @@ def _frames(ds: pydicom.Dataset) -> list[bytes]:
     return [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
 
 
-def _blank_like(frame: bytes, ds: pydicom.Dataset, value: int) -> bytes:
+def _uniform_frame(ds: pydicom.Dataset, value: int) -> bytes:
+    """A JPEG 2000 frame of ``ds``'s size, every sample ``value``."""
     import imagecodecs
 
     shape = (int(ds.Rows), int(ds.Columns), 3)
@@ -112,8 +113,8 @@ def _two_paths_full(src: Path, dst: Path, focal_planes: int) -> Path:
     """TILED_FULL with focal planes then optical paths after the first plane (PS3.3 C.7.6.17.3)."""
     ds = pydicom.dcmread(src)
     frames = _frames(ds)
-    other = [_blank_like(f, ds, 40) for f in frames]
-    blank = [_blank_like(f, ds, 255) for f in frames]
+    other = [_uniform_frame(ds, 40)] * len(frames)
+    blank = [_uniform_frame(ds, 255)] * len(frames)
     planes = [frames] + [blank] * (focal_planes - 1) + [other] * focal_planes  # path 1 planes, then path 2's
     second = pydicom.Dataset()
     second.update(ds.OpticalPathSequence[0])
@@ -147,7 +148,7 @@ def _two_paths_sparse(src: Path, dst: Path) -> Path:
             fg.PlanePositionSlideSequence = Sequence([pos])
             fg.OpticalPathIdentificationSequence = Sequence([ident])
             per_frame.append(fg)
-            out.append(frame if value is None else _blank_like(frame, ds, value))
+            out.append(frame if value is None else _uniform_frame(ds, value))
     second = pydicom.Dataset()
     second.update(ds.OpticalPathSequence[0])
     second.OpticalPathIdentifier = "2"
@@ -190,7 +191,7 @@ def test_an_optical_path_in_its_own_instances_and_a_thumbnail_are_set_aside(
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.OpticalPathSequence[0].OpticalPathIdentifier = "FL"
     ds.SharedFunctionalGroupsSequence[0].OpticalPathIdentificationSequence[0].OpticalPathIdentifier = "FL"
-    ds.PixelData = encapsulate([_blank_like(f, ds, 40) for f in _frames(ds)])
+    ds.PixelData = encapsulate([_uniform_frame(ds, 40)] * int(ds.NumberOfFrames))
     ds.save_as(tmp_path / "fl.dcm", enforce_file_format=True)
     thumb = pydicom.dcmread(level2)
     thumb.SOPInstanceUID = pydicom.uid.generate_uid()
@@ -273,3 +274,12 @@ def test_htj2k_frames_decode(syntax: str, reversible: bool) -> None:
     data = imagecodecs.htj2k_encode(tile, reversible=reversible)
     got = decode_frame(bytes(data), syntax, "RGB", 64, 48)
     assert np.abs(got.astype(int) - tile).mean() <= (0.0 if reversible else 1.0)
+
+
+def test_a_model_card_without_tile_size_or_mpp_gets_224_px_at_half_a_micron(tumour_slide: SlideFiles) -> None:
+    tile, slide = tiny_engines(64, 1.0)
+    del tile.manifest.model_card["tile_size"], tile.manifest.model_card["mpp"]
+    result = run_dicom_series(tumour_slide.jpeg, tile, slide, job_id="defaults")
+    assert "level 0 at 0.500 um/px" in result.notes[0]
+    heat = result.findings[0].heat_map
+    assert heat is not None and heat.tile_px == 224 and heat.scores.shape == (2048 // 224, 2048 // 224)
