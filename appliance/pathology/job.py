@@ -7,6 +7,7 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.findings import StudyResult
+from appliance.jobs import Job
 from appliance.pathology.pipeline import PathologySettings, Progress, run_dicom_series
 
 __all__ = ["job_settings", "run_job", "work_dir"]
@@ -27,8 +28,12 @@ def job_settings(config: Config | None, data_dir: Path, job_id: str) -> Patholog
     )
 
 
-def run_job(job: Any, store: Any, engines: Any, progress: Progress, config: Config | None = None) -> StudyResult:
-    """Score the slide series of ``job`` (an ``appliance.jobs.Job``) with the active pathology engines."""
+def run_job(job: Job, store: Any, engines: Any, progress: Progress, config: Config | None = None) -> StudyResult:
+    """Score the slide series of ``job`` with the active pathology engines (``engines.get(task)``).
+
+    ``store`` is the job's ``StateStore``: its database lives in the data directory, which holds the
+    job's work directory.
+    """
     from appliance.mri.pipeline import job_instance_paths
 
     paths = job_instance_paths(store, job.series_uids)
