@@ -100,11 +100,11 @@ def _thumbnail(reader: SlideReader, max_px: int) -> tuple[np.ndarray, Level]:
     if h == 0 or w == 0:
         raise JobFailed(f"slide level {level.width}x{level.height} is too small for tissue detection")
     out = np.empty((h, w, 3), np.uint8)
-    strip = max(1, (64 << 20) // (w * f * f * 3))  # output rows per read: <= 64 MiB of level pixels
+    strip = max(1, (16 << 20) // (w * f * f * 3))  # output rows per read: <= 16 MiB of level pixels
     for r in range(0, h, strip):
         rows = min(strip, h - r)
         region = reader.read_region(level.index, 0, r * f, w * f, rows * f)
-        out[r : r + rows] = region.reshape(rows, f, w, f, 3).mean(axis=(1, 3)).astype(np.uint8)
+        out[r : r + rows] = region.reshape(rows, f, w, f, 3).mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
     return out, level
 
 
