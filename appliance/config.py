@@ -189,6 +189,15 @@ class WorkerSettings(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     max_queue: Annotated[int, Field(ge=1)] = 1000  #: backpressure above this many queued jobs
     batch_size: Annotated[int, Field(ge=1)] = 32
+    #: tile embeddings of a slide beyond this many MB go to a disk-backed array (the job's work directory)
+    memory_budget_mb: Annotated[int, Field(ge=0)] = 512
+
+
+class PathologyConfig(_Section):
+    """The pathology pipeline ([pathology])."""
+
+    #: Optical Path Identifier to read in a multi-path slide; "" the tile model card's, else the first
+    optical_path: Annotated[str, Field(max_length=16)] = ""
 
 
 class WebSettings(_Section):
@@ -223,6 +232,7 @@ class Config(_Section):
     engines: EngineSettings = EngineSettings()
     triton: TritonSettings = TritonSettings()
     worker: WorkerSettings = WorkerSettings()
+    pathology: PathologyConfig = PathologyConfig()
     web: WebSettings = WebSettings()
 
     @field_validator("destinations")

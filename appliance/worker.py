@@ -17,6 +17,7 @@ pipeline wrapped it), without counting the attempt.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -385,15 +386,12 @@ PIPELINE_SPECS: dict[str, str] = {
 }
 
 
-def run_pathology_job(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn) -> StudyResult:
-    """Adapter: one slide series through ``appliance.pathology.pipeline.run_dicom_series``."""
-    from appliance.mri.pipeline import job_instance_paths
-    from appliance.pathology.pipeline import run_dicom_series
+def run_pathology_job(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn,
+                      config: Config | None = None) -> StudyResult:
+    """Adapter: one slide series through ``appliance.pathology.job.run_job`` (resumes from ``data_dir/work``)."""
+    from appliance.pathology.job import run_job
 
-    paths = job_instance_paths(store, job.series_uids)
-    return run_dicom_series(
-        paths, engines.get("pathology_tile"), engines.get("pathology_slide"), job_id=job.id, progress=progress
-    )
+    return run_job(job, store, engines, progress, config)
 
 
 def run_breast_mri_job(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn) -> StudyResult:
@@ -446,7 +444,9 @@ def worker_component(
     worker = Worker(
         store,
         queue,
-        pipelines if pipelines is not None else {name: _Lazy(spec) for name, spec in PIPELINE_SPECS.items()},
+        pipelines if pipelines is not None else {
+            name: _Lazy(spec) for name, spec in PIPELINE_SPECS.items()} | {
+            "pathology": functools.partial(run_pathology_job, config=config)},
         report if report is not None else default_report(config),
         deliver if deliver is not None else default_deliver(config, store),
         engines,

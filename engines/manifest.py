@@ -24,6 +24,9 @@ Fields (all required unless a default is given)::
                   "post_contrast_times_s": [30, 120, ...] increasing seconds after injection
                   (the phases after a pre-contrast one), "phase_tolerance_s": 30,
                   "phase_count" (if given) = 1 + number of post-contrast times
+                  optional "bag_pooling": {"attention_logits": OUTPUT, "tile_values": OUTPUT,
+                  "head": "sigmoid" | "identity"}: an attention-pooled aggregator whose bag is
+                  scored in chunks (score = head(sum softmax(logits) * values) over the whole bag)
     batch_sizes   [min, max] accepted on the first (dynamic) input dimension (default [1, 64])
     golden        {"file": "golden.npz", "atol": 1e-4, "rtol": 1e-3}
                   npz arrays "input.NAME" and "output.NAME"
@@ -44,6 +47,7 @@ from engines.errors import BundleRejected
 
 __all__ = [
     "BACKENDS",
+    "BAG_POOLING_HEADS",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "PRECISIONS",
@@ -61,6 +65,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt", "triton")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 MAX_MANIFEST_BYTES = 1 << 20
+#: heads of a chunk-scored aggregator (model_card.bag_pooling.head)
+BAG_POOLING_HEADS = ("sigmoid", "identity")
 
 TASK_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -158,6 +164,18 @@ def _check_phase_times(card: dict[str, Any]) -> None:
                  f"the {len(times)} post_contrast_times_s (a pre-contrast phase, then those)")
 
 
+def _check_bag_pooling(pooling: Any, outputs: set[str]) -> None:
+    if pooling is None:
+        return
+    _require(isinstance(pooling, dict) and set(pooling) == {"attention_logits", "tile_values", "head"},
+             f"model_card.bag_pooling {pooling!r} must be an object with exactly attention_logits, tile_values, head")
+    for key in ("attention_logits", "tile_values"):
+        _require(pooling[key] in outputs,
+                 f"model_card.bag_pooling.{key} {pooling[key]!r} is not one of the outputs {sorted(outputs)}")
+    _require(pooling["head"] in BAG_POOLING_HEADS,
+             f"model_card.bag_pooling.head {pooling['head']!r} is not one of {', '.join(BAG_POOLING_HEADS)}")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A checked manifest. ``sha256`` is the hash of its canonical bytes (what was signed)."""
@@ -230,6 +248,7 @@ class Manifest:
         for specs, where in ((inputs, "inputs"), (outputs, "outputs")):
             names = [s.name for s in specs]
             _require(len(set(names)) == len(names), f"model_card.{where} repeats a name: {names}")
+        _check_bag_pooling(card.get("bag_pooling"), {s.name for s in outputs})
         bs = d["batch_sizes"]
         _require(isinstance(bs, list) and len(bs) == 2 and all(isinstance(b, int) and not isinstance(b, bool) for b in bs)
                  and 1 <= bs[0] <= bs[1], f"batch_sizes {bs!r} must be [min, max] with 1 <= min <= max")

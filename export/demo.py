@@ -21,6 +21,7 @@ from engines.files import atomic_write
 from export.errors import ExportError
 from export.gate import GateConfig
 from export.models.dce4d import CLINICAL_VARIABLES
+from export.models.mil import BAG_POOLING, POOLED_OUTPUTS, PooledMIL
 from export.models.tile import H_AND_E_MEAN, H_AND_E_STD
 from export.synthetic.dce import POST_CONTRAST_TIMES_S
 from export.pipeline import PRECISIONS, Progress, TaskExport, TaskReport, convert_task, sign_bundles
@@ -74,7 +75,10 @@ def task_specs(models: DemoModels) -> dict[str, TaskExport]:
             {"name": "probability", "shape": [1], "dtype": "float32", "meaning": "probability of tumour in the slide"},
             {"name": "attention", "shape": ["N"], "dtype": "float32", "meaning": "attention per tile, sums to 1"},
             {"name": "tile_scores", "shape": ["N"], "dtype": "float32", "meaning": "tumour score per tile in [0, 1]"},
+            {"name": "attention_logits", "shape": ["N"], "dtype": "float32", "meaning": "attention logit per tile"},
+            {"name": "tile_logits", "shape": ["N"], "dtype": "float32", "meaning": "classifier logit per tile"},
         ],
+        "bag_pooling": dict(BAG_POOLING),
         "threshold": 0.5, "labels": ["no tumour", "tumour"],
         "codes": {"finding": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"}},
         "architecture": asdict(mil),
@@ -106,8 +110,8 @@ def task_specs(models: DemoModels) -> dict[str, TaskExport]:
             tile_score, 0.5, {"image": tile_feed[:2]},
         ),
         "pathology_slide": TaskExport(
-            "pathology_slide", models.mil, {"embeddings": torch.from_numpy(held["pathology_slide"].feeds[0]["embeddings"])},
-            ("probability", "attention", "tile_scores"), {"embeddings": {0: "bag"}}, slide_card, (1, 65536),
+            "pathology_slide", PooledMIL(models.mil),
+            {"embeddings": torch.from_numpy(held["pathology_slide"].feeds[0]["embeddings"])}, POOLED_OUTPUTS, {"embeddings": {0: "bag"}}, slide_card, (1, 65536),
             held["pathology_slide"], cal["pathology_slide"], lambda outputs: outputs[0], 0.5,
             {"embeddings": held["pathology_slide"].feeds[0]["embeddings"][:8]},
         ),

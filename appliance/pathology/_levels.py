@@ -39,10 +39,25 @@ class SlideReader(Protocol):
     def close(self) -> None: ...
 
 
-def nearest_level(levels: Sequence[Level], mpp: float) -> Level:
-    """The level whose microns per pixel is nearest ``mpp`` on a log scale."""
+def nearest_level(levels: Sequence[Level], mpp: float, tolerance: float | None = None) -> Level:
+    """The level whose microns per pixel is nearest ``mpp`` on a log scale.
+
+    With ``tolerance``, levels coarser than ``mpp * (1 + tolerance)`` are never chosen (reading them
+    would upsample: invent detail the pathologist never saw); when the finest level is such, the
+    slide is refused with the reason.
+    """
     if not levels:
         raise JobFailed("the slide has no usable pyramid level")
     if mpp <= 0:
         raise JobFailed(f"the model's mpp must be positive, got {mpp}")
-    return min(levels, key=lambda lv: (abs(math.log(lv.mpp / mpp)), lv.mpp))
+    usable = list(levels)
+    if tolerance is not None:
+        usable = [lv for lv in levels if lv.mpp <= mpp * (1.0 + tolerance)]
+        if not usable:
+            finest = min(levels, key=lambda lv: lv.mpp)
+            raise JobFailed(
+                f"the slide's finest level is {finest.mpp:.3f} um/px, coarser than the model's {mpp:g} um/px "
+                f"beyond the {tolerance:.0%} tolerance; the slide is not upsampled (that would invent detail), "
+                f"scan it at {mpp:g} um/px or finer"
+            )
+    return min(usable, key=lambda lv: (abs(math.log(lv.mpp / mpp)), lv.mpp))

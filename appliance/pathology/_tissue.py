@@ -44,10 +44,10 @@ def remove_small_objects(mask: np.ndarray, min_area: int) -> np.ndarray:
     if min_area <= 1 or not mask.any():
         return mask.copy()
     big = mask.size
-    flat_idx = np.arange(big).reshape(mask.shape)
-    lab = np.where(mask, flat_idx, big)
+    dtype = np.int32 if big < 2**31 - 1 else np.int64  # half the memory of int64 labels
+    lab = np.where(mask, np.arange(big, dtype=dtype).reshape(mask.shape), dtype(big))
     while True:  # min-label propagation with pointer jumping
-        new = np.where(mask, _shift_min(lab), big)
+        new = np.where(mask, _shift_min(lab), dtype(big))
         inside = new < big
         for _ in range(4):
             new[inside] = new.flat[new[inside]]
@@ -76,20 +76,28 @@ def _open(mask: np.ndarray) -> np.ndarray:
 
 def _blur(a: np.ndarray) -> np.ndarray:
     """3x3 box blur with edge replication: steadies thresholds against codec noise."""
-    p = np.pad(a, 1, mode="edge")
-    out = np.zeros(a.shape, np.float64)
+    p = np.pad(a.astype(np.float32, copy=False), 1, mode="edge")
+    out = np.zeros(a.shape, np.float32)
     for i in range(3):
         for j in range(3):
             out += p[i : i + a.shape[0], j : j + a.shape[1]]
-    return out / 9.0
+    out /= 9.0
+    return out
 
 
 def tissue_mask(rgb: np.ndarray, min_area: int = 16) -> np.ndarray:
     """Boolean tissue mask of a low-resolution RGB uint8 image."""
-    x = rgb.astype(np.float32)
-    mx, mn = x.max(axis=2), x.min(axis=2)
-    sat = _blur(np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0))
-    od = _blur(-np.log10(np.clip((x + 1.0) / 256.0, 1e-3, 1.0)).mean(axis=2))
+    mx, mn = rgb.max(axis=2).astype(np.float32), rgb.min(axis=2).astype(np.float32)
+    sat = _blur(np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), np.float32(0.0)))
+    del mn
+    od = np.zeros(rgb.shape[:2], np.float32)  # channel by channel: a few image-sized float32 arrays at most
+    for c in range(3):
+        channel = rgb[..., c].astype(np.float32)
+        channel += 1.0
+        channel /= 256.0
+        np.clip(channel, 1e-3, 1.0, out=channel)
+        od -= np.log10(channel, out=channel)
+    od = _blur(od / 3.0)
     # Half of Otsu's split: pale tissue (lumen, loose stroma) stays tissue, and the
     # threshold sits in the steep glass-to-tissue edge where codec noise matters least.
     t = max(0.5 * otsu_threshold(sat), _MIN_SATURATION)

@@ -7,7 +7,12 @@ Measures. Frames are located once per instance (the encapsulated item
 headers, PS3.5 A.4, or the fixed frame size of native syntaxes) and read
 with ``os.pread``, so reads are thread-safe and never load a whole level.
 TILED_FULL frames map to tiles by position (PS3.3 C.7.6.17.3); TILED_SPARSE
-frames by their Plane Position (Slide) in the per-frame functional groups.
+frames by their Plane Position (Slide) in the per-frame functional groups. A
+level split into several instances by Concatenation is one level (frames at
+their Concatenation Frame Offset Number). One optical path (the one asked
+for, else the first) and the first focal plane are read. Headers as
+converters write them (Image Type or Frame of Reference missing) are read
+when the geometry is unambiguous (see :func:`_spacing_mm`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from appliance.findings import SourceImage
 from appliance.pathology._codecs import NATIVE, SUPPORTED_TRANSFER_SYNTAXES, decode_frame
 from appliance.pathology._levels import Level
 
-__all__ = ["DicomSlide", "WSI_SOP_CLASS"]
+__all__ = ["DicomSlide", "WSI_SOP_CLASS", "optical_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,54 +110,117 @@ def _image_type(ds: Dataset) -> list[str]:
     return [str(v).upper() for v in (it if isinstance(it, (list, tuple, pydicom.multival.MultiValue)) else [it])]
 
 
-def _spacing_mm(ds: Dataset) -> tuple[float, float]:
+def _measures_spacing(groups: Sequence[Dataset] | None) -> tuple[float, float] | None:
     try:
-        pm = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-        return float(pm.PixelSpacing[0]), float(pm.PixelSpacing[1])
-    except (AttributeError, IndexError, KeyError):
-        pass
-    if "ImagedVolumeWidth" in ds and ds.get("TotalPixelMatrixColumns"):
-        s = float(ds.ImagedVolumeWidth) / int(ds.TotalPixelMatrixColumns)
-        return s, s
-    raise JobFailed("a pyramid level has no Pixel Measures in its Shared Functional Groups")
+        pm = groups[0].PixelMeasuresSequence[0]  # type: ignore[index]
+        row, col = float(pm.PixelSpacing[0]), float(pm.PixelSpacing[1])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def _spacing_mm(ds: Dataset, name: str) -> tuple[float, float]:
+    """(row, column) spacing in mm: Pixel Measures of the shared, else the first per-frame functional group.
+
+    Converters that write no Pixel Measures still give Imaged Volume Width/Height: used when both
+    agree on one square spacing; otherwise the geometry is ambiguous and the level is refused.
+    """
+    found = (_measures_spacing(ds.get("SharedFunctionalGroupsSequence"))
+             or _measures_spacing(ds.get("PerFrameFunctionalGroupsSequence")))
+    volume = None
+    cols, rows = int(ds.get("TotalPixelMatrixColumns", 0) or 0), int(ds.get("TotalPixelMatrixRows", 0) or 0)
+    try:
+        if ds.get("ImagedVolumeWidth") and ds.get("ImagedVolumeHeight") and cols and rows:
+            volume = (float(ds.ImagedVolumeHeight) / rows, float(ds.ImagedVolumeWidth) / cols)
+    except (TypeError, ValueError):
+        volume = None
+    if found is not None:
+        if volume is not None and abs(volume[1] / found[1] - 1.0) > 0.01:
+            logger.info("%s: Imaged Volume Width gives %.6f mm/px, Pixel Spacing %.6f: Pixel Spacing used",
+                        name, volume[1], found[1])
+        return found
+    if volume is not None and abs(volume[0] / volume[1] - 1.0) <= 0.01:
+        return volume
+    if volume is not None:
+        raise JobFailed(
+            f"{name}: no Pixel Spacing in the shared or per-frame functional groups, and Imaged Volume "
+            f"Width/Height give different spacings ({volume[1]:.6f} and {volume[0]:.6f} mm/px): geometry ambiguous"
+        )
+    raise JobFailed(
+        f"{name}: no Pixel Spacing in the shared or per-frame functional groups and no Imaged Volume "
+        f"Width/Height: the level's microns per pixel is unknown"
+    )
+
+
+def optical_paths(ds: Dataset) -> list[str]:
+    """The Optical Path Identifiers of an instance, in its Optical Path Sequence order ([""] if none)."""
+    ids = [str(item.get("OpticalPathIdentifier", "")) for item in ds.get("OpticalPathSequence", [])]
+    return ids or [""]
+
+
+def _frame_path(fg: Dataset, shared: str) -> str:
+    try:
+        return str(fg.OpticalPathIdentificationSequence[0].OpticalPathIdentifier)
+    except (AttributeError, IndexError):
+        return shared
 
 
 class _LevelData:
-    """Tile lookup for one level: (tile row, tile column) -> (instance, frame index)."""
+    """Tile lookup for one level: (tile row, tile column) -> (instance, frame index).
 
-    def __init__(self, instances: list[_Instance]) -> None:
+    Only frames of ``optical_path`` and of the level's first focal plane are kept (TILED_FULL:
+    by frame order, PS3.3 C.7.6.17.3; TILED_SPARSE: by Optical Path Identification and the Z
+    offset of Plane Position (Slide)). Concatenated instances add their frames at their
+    Concatenation Frame Offset Number.
+    """
+
+    def __init__(self, instances: list[_Instance], optical_path: str) -> None:
         self.instances = instances
+        self.optical_path = optical_path
         ds = instances[0].ds
         self.tile_h, self.tile_w = int(ds.Rows), int(ds.Columns)
         self.width, self.height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
         self.across = (self.width + self.tile_w - 1) // self.tile_w
         self.down = (self.height + self.tile_h - 1) // self.tile_h
         self.tiles: dict[tuple[int, int], tuple[_Instance, int]] = {}
+        self._z: float | None = None
         for inst in instances:
             kind = str(inst.ds.get("DimensionOrganizationType", "")).upper()
-            offset = int(inst.ds.get("ConcatenationFrameOffsetNumber", 0) or 0)
             per_frame = inst.ds.get("PerFrameFunctionalGroupsSequence")
             if kind == "TILED_SPARSE" or (kind != "TILED_FULL" and per_frame):
-                self._sparse(inst, per_frame or [])
+                if not per_frame:
+                    raise JobFailed(f"{inst.path.name}: TILED_SPARSE without Per-frame Functional Groups")
+                self._sparse(inst, per_frame)
+                del inst.ds.PerFrameFunctionalGroupsSequence  # the table holds what was needed
             else:
-                for i in range(len(inst.frames)):
-                    k = offset + i
-                    if k >= self.across * self.down:
-                        break  # further focal planes / optical paths
-                    self.tiles.setdefault((k // self.across, k % self.across), (inst, i))
+                self._full(inst)
+
+    def _full(self, inst: _Instance) -> None:
+        plane = self.across * self.down
+        focal = max(1, int(inst.ds.get("TotalPixelMatrixFocalPlanes", 1) or 1))
+        path = optical_paths(inst.ds).index(self.optical_path)
+        offset = int(inst.ds.get("ConcatenationFrameOffsetNumber", 0) or 0)
+        first = path * focal * plane  # frames of the chosen path's first focal plane
+        for i in range(max(0, first - offset), min(len(inst.frames), first + plane - offset)):
+            k = offset + i - first
+            self.tiles.setdefault((k // self.across, k % self.across), (inst, i))
 
     def _sparse(self, inst: _Instance, per_frame: Sequence[Dataset]) -> None:
-        z0 = None
+        paths = optical_paths(inst.ds)
+        shared_groups = inst.ds.get("SharedFunctionalGroupsSequence") or [Dataset()]
+        shared = _frame_path(shared_groups[0], paths[0])
         for i, fg in enumerate(per_frame):
+            if i >= len(inst.frames) or _frame_path(fg, shared) != self.optical_path:
+                continue
             try:
                 pos = fg.PlanePositionSlideSequence[0]
                 r = int(pos.RowPositionInTotalImagePixelMatrix) - 1
                 c = int(pos.ColumnPositionInTotalImagePixelMatrix) - 1
                 z = float(pos.get("ZOffsetInSlideCoordinateSystem", 0.0) or 0.0)
-            except (AttributeError, IndexError) as exc:
+            except (AttributeError, IndexError, TypeError, ValueError) as exc:
                 raise JobFailed(f"{inst.path.name}: frame {i + 1} has no Plane Position (Slide)") from exc
-            z0 = z if z0 is None else z0
-            if z == z0 and i < len(inst.frames):
+            self._z = z if self._z is None else self._z
+            if z == self._z:
                 self.tiles.setdefault((r // self.tile_h, c // self.tile_w), (inst, i))
 
 
@@ -160,39 +228,66 @@ class DicomSlide:
     """A DICOM WSI series opened for reading; see the module docstring. Thread-safe reads."""
 
     def __init__(self, paths: Sequence[Path], sources: Sequence[SourceImage] | None = None,
-                 threads: int = 1, cache_tiles: int | None = None) -> None:
+                 threads: int = 1, cache_tiles: int | None = None, optical_path: str = "") -> None:
         self.threads = max(1, threads)
         self._files: list[BinaryIO] = []
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_size = cache_tiles if cache_tiles is not None else 64
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        by_size: dict[tuple[int, int], list[_Instance]] = {}
-        src_by_uid = {s.sop_instance_uid: s for s in sources or ()}
-        self._sources: dict[tuple[int, int], SourceImage] = {}
         skipped: list[str] = []
-        for p in paths:
-            inst = self._open(Path(p), skipped)
-            if inst is None:
-                continue
-            key = (int(inst.ds.TotalPixelMatrixColumns), int(inst.ds.TotalPixelMatrixRows))
-            by_size.setdefault(key, []).append(inst)
-            uid = str(inst.ds.SOPInstanceUID)
-            self._sources.setdefault(key, src_by_uid.get(uid) or SourceImage(
-                study_uid=str(inst.ds.get("StudyInstanceUID", "")),
-                series_uid=str(inst.ds.get("SeriesInstanceUID", "")),
-                sop_instance_uid=uid, sop_class_uid=str(inst.ds.SOPClassUID), path=inst.path))
-        if not by_size:
+        try:
+            opened = [inst for inst in (self._open(Path(p), skipped) for p in paths) if inst is not None]
+            if not opened:
+                raise JobFailed("the series has no usable pyramid level"
+                                + (f" ({'; '.join(skipped[:4])})" if skipped else ""))
+            self.optical_path = self._choose_path(opened, optical_path)
+            self._build(opened, sources)
+        except BaseException:
             self.close()
-            raise JobFailed("the series has no usable pyramid level" + (f" ({'; '.join(skipped[:4])})" if skipped else ""))
-        order = sorted(by_size, key=lambda k: -k[0] * k[1])
-        self._data = [_LevelData(sorted(by_size[k], key=lambda i: int(i.ds.get("ConcatenationFrameOffsetNumber", 0) or 0))) for k in order]
-        self._levels = []
-        for i, (k, d) in enumerate(zip(order, self._data)):
-            sp = _spacing_mm(d.instances[0].ds)
-            self._levels.append(Level(i, d.width, d.height, sp[1] * 1000.0, self._sources[k], sp))
+            raise
         if cache_tiles is None:  # two rows of frames: bands of model tiles straddle frame rows
             self._cache_size = min(1024, 2 * max(d.across for d in self._data) + 4)
+
+    @staticmethod
+    def _choose_path(opened: list[_Instance], wanted: str) -> str:
+        """The optical path to read: ``wanted`` when given, else the first of the finest instance."""
+        available = list(dict.fromkeys(p for inst in opened for p in optical_paths(inst.ds)))
+        if wanted:
+            if wanted not in available:
+                raise JobFailed(f"optical path {wanted!r} is not in the slide; it has {', '.join(map(repr, available))}")
+            return wanted
+        finest = max(opened, key=lambda i: (int(i.ds.TotalPixelMatrixColumns) * int(i.ds.TotalPixelMatrixRows),
+                                            -int(i.ds.get("ConcatenationFrameOffsetNumber", 0) or 0)))
+        return optical_paths(finest.ds)[0]
+
+    def _build(self, opened: list[_Instance], sources: Sequence[SourceImage] | None) -> None:
+        by_size: dict[tuple[int, int], list[_Instance]] = {}
+        for inst in opened:
+            if self.optical_path not in optical_paths(inst.ds):
+                continue  # another optical path's instance
+            key = (int(inst.ds.TotalPixelMatrixColumns), int(inst.ds.TotalPixelMatrixRows))
+            by_size.setdefault(key, []).append(inst)
+        src_by_uid = {s.sop_instance_uid: s for s in sources or ()}
+        order = sorted(by_size, key=lambda k: -k[0] * k[1])
+        self._data: list[_LevelData] = []
+        self._levels: list[Level] = []
+        for index, key in enumerate(order):
+            insts = sorted(by_size[key], key=lambda i: (int(i.ds.get("ConcatenationFrameOffsetNumber", 0) or 0),
+                                                        str(i.ds.SOPInstanceUID)))
+            name = f"level {key[0]}x{key[1]}"
+            spacings = {tuple(round(v, 9) for v in _spacing_mm(i.ds, name)) for i in insts}
+            if len(spacings) > 1:
+                raise JobFailed(f"{name}: its instances give different pixel spacings {sorted(spacings)}: ambiguous")
+            sp = _spacing_mm(insts[0].ds, name)
+            first = insts[0]
+            uid = str(first.ds.SOPInstanceUID)
+            source = src_by_uid.get(uid) or SourceImage(
+                study_uid=str(first.ds.get("StudyInstanceUID", "")), series_uid=str(first.ds.get("SeriesInstanceUID", "")),
+                sop_instance_uid=uid, sop_class_uid=str(first.ds.SOPClassUID), path=first.path)
+            data = _LevelData(insts, self.optical_path)
+            self._data.append(data)
+            self._levels.append(Level(index, data.width, data.height, sp[1] * 1000.0, source, sp))
 
     def _open(self, path: Path, skipped: list[str]) -> _Instance | None:
         try:

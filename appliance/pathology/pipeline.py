@@ -1,10 +1,13 @@
 """Whole-slide inference: regions -> tiles -> batches -> tile engine -> slide engine.
 
-Memory is bounded by a few batches and the bag of embeddings, never the
-slide: a reader thread decodes one band of tiles at a time and hands
-finished batches through a queue of ``queue_batches`` to the engine, so
-decoding overlaps inference. The slide engine scores the bag; its attention
-and per-tile scores become the heat map and the top-k tiles.
+Memory is bounded by a few batches, never the slide: a reader thread
+decodes one band of tiles at a time and hands finished batches through a
+queue of ``queue_batches`` to the engine, so decoding overlaps inference.
+The tile embeddings go to an :class:`EmbeddingStore` (in the job's work
+directory, checkpointed at batch boundaries, so an interrupted job resumes
+from its saved tiles; in memory up to ``memory_budget_mb`` otherwise). The
+slide engine scores the bag in chunks (``_bag``); its attention and per-tile
+scores become the heat map and the top-k tiles.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import numpy as np
 
 from appliance.errors import JobFailed
 from appliance.findings import EngineIdentity, Finding, HeatMap, SourceImage, StudyResult, TileHit
+from appliance.pathology._bag import score_bag
+from appliance.pathology._embeddings import BagKey, EmbeddingStore, tiles_digest
 from appliance.pathology._grid import TileGrid, make_grid
 from appliance.pathology._levels import Level, SlideReader, nearest_level
 from appliance.pathology._tissue import tissue_mask
+from engines.errors import EngineUnavailable
 
 __all__ = ["PathologySettings", "run_slide", "run_dicom_series", "run_slide_file", "Progress", "EngineLike"]
 
@@ -43,7 +49,11 @@ class EngineLike(Protocol):
 
 @dataclass(frozen=True)
 class PathologySettings:
-    """Tuning of the pathology pipeline; the defaults suit a laptop CPU."""
+    """Tuning of the pathology pipeline; the defaults suit a laptop CPU.
+
+    ``tile_size`` and ``mpp`` apply where the tile engine's model card does not say (what
+    foundation models use: 224 px tiles at 0.5 um/px).
+    """
 
     batch_size: int = 32  #: tiles per tile-engine call (capped by the engine's range)
     min_tissue: float = 0.25  #: share of a tile the tissue mask must cover to be scored
@@ -53,11 +63,21 @@ class PathologySettings:
     queue_batches: int = 3  #: batches decoded ahead of the engine
     read_threads: int = 1  #: frame-decoding threads of the DICOM reader
     tiler: str = "numpy"  #: "numpy" (reference) or "cuda" (engines.kernels.cuda)
+    tile_size: int = 224  #: model input side in pixels, unless the model card says
+    mpp: float = 0.5  #: microns per pixel the model was trained at, unless the model card says
+    mpp_tolerance: float = 0.1  #: a finest level coarser than mpp * (1 + this) is refused, never upsampled
+    memory_budget_mb: int = 512  #: tile embeddings beyond this go to a disk-backed array
+    work_dir: Path | None = None  #: the job's work directory: embeddings saved here resume the job
+    checkpoint_seconds: float = 0.5  #: at most this much encoding is lost when the job is interrupted
+    bag_chunk: int = 16384  #: tiles per slide-engine call when the bag is scored in chunks
+    optical_path: str = ""  #: Optical Path Identifier to read; "" the model card's, else the first
 
 
-def _card(engine: EngineLike, key: str) -> Any:
+def _card(engine: EngineLike, key: str, default: Any = None) -> Any:
     card = engine.manifest.model_card
     if key not in card:
+        if default is not None:
+            return default
         raise JobFailed(f"engine {engine.manifest.task}/{engine.manifest.version} model card lacks {key!r}")
     return card[key]
 
@@ -80,18 +100,17 @@ def _thumbnail(reader: SlideReader, max_px: int) -> tuple[np.ndarray, Level]:
     if h == 0 or w == 0:
         raise JobFailed(f"slide level {level.width}x{level.height} is too small for tissue detection")
     out = np.empty((h, w, 3), np.uint8)
-    strip = max(1, (64 << 20) // (w * f * f * 3))  # output rows per read: <= 64 MiB of level pixels
+    strip = max(1, (16 << 20) // (w * f * f * 3))  # output rows per read: <= 16 MiB of level pixels
     for r in range(0, h, strip):
         rows = min(strip, h - r)
         region = reader.read_region(level.index, 0, r * f, w * f, rows * f)
-        out[r : r + rows] = region.reshape(rows, f, w, f, 3).mean(axis=(1, 3)).astype(np.uint8)
+        out[r : r + rows] = region.reshape(rows, f, w, f, 3).mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
     return out, level
 
 
-def _bands(grid: TileGrid, region_tiles: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """(row, first col, last col, indices into the grid) of each region to read."""
+def _bands(grid: TileGrid, region_tiles: int, start: int = 0) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(row, first col, last col, indices into the grid) of each region to read, from tile ``start`` on."""
     pos = grid.positions
-    start = 0
     n = len(grid)
     while start < n:
         row = pos[start, 0]
@@ -125,13 +144,13 @@ def _make_tiler(settings: PathologySettings, size: int, mean: Sequence[float], s
 
 def _produce(reader: SlideReader, grid: TileGrid, tiler: Tiler,
              batch: int, size: int, settings: PathologySettings, out: "queue.Queue[Any]",
-             stop: threading.Event) -> None:
-    """Reader thread: fill batches of tiles in grid order and queue them; errors are queued too."""
+             stop: threading.Event, start: int = 0) -> None:
+    """Reader thread: fill batches of tiles in grid order from tile ``start`` and queue them; errors too."""
     try:
         buf = np.empty((batch, 3, size, size), np.float32)
-        fill, first = 0, 0
+        fill, first = 0, start
         t = grid.tile_px
-        for row, c0, c1, idx in _bands(grid, settings.region_tiles):
+        for row, c0, c1, idx in _bands(grid, settings.region_tiles, start):
             if stop.is_set():
                 return
             region = reader.read_region(grid.level.index, c0 * t, row * t, (c1 - c0 + 1) * t, t)
@@ -162,40 +181,45 @@ def _infer(engine: EngineLike, name: str, x: np.ndarray, what: str) -> dict[str,
         x = np.concatenate([x, np.zeros((sizes.start - n,) + x.shape[1:], x.dtype)])
     try:
         return engine.infer({name: x})
+    except EngineUnavailable:
+        raise  # not the study's fault: the job goes back to the queue, its saved tiles kept
     except Exception as exc:
         raise JobFailed(f"{what} engine failed: {exc}") from exc
 
 
-def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: EngineLike, *, job_id: str,
-              study_uid: str, sources: Sequence[SourceImage] = (), progress: Progress | None = None,
-              settings: PathologySettings = PathologySettings()) -> StudyResult:
-    """Score one opened slide; see the module docstring."""
-    size = int(_card(tile_engine, "tile_size"))
-    mpp = float(_card(tile_engine, "mpp"))
-    mean, std = _card(tile_engine, "mean"), _card(tile_engine, "std")
-    threshold = float(_card(slide_engine, "threshold"))
-    t0 = time.perf_counter()
-    level = nearest_level(reader.levels, mpp)
+def _plan(reader: SlideReader, tile_engine: EngineLike, settings: PathologySettings,
+          job_id: str) -> tuple[TileGrid, int, float]:
+    """The tile grid over the level nearest the model's mpp (never coarser), with the tile size and mpp."""
+    size = int(_card(tile_engine, "tile_size", settings.tile_size))
+    mpp = float(_card(tile_engine, "mpp", settings.mpp))
+    level = nearest_level(reader.levels, mpp, settings.mpp_tolerance)
     thumb, mask_level = _thumbnail(reader, settings.mask_max_px)
     mask = tissue_mask(thumb, min_area=max(4, thumb.size // 3 // 20000))
     grid = make_grid(level, mask, mask_level, size, mpp, settings.min_tissue)
-    total = len(grid)
-    if total == 0:
+    if len(grid) == 0:
         raise JobFailed(
             f"no tissue found: none of the {grid.rows}x{grid.cols} tiles has {settings.min_tissue:.0%} tissue"
         )
-    logger.info("job %s: %d tissue tiles of %dx%d at level %d (%.3f mpp)", job_id, total, grid.rows,
+    logger.info("job %s: %d tissue tiles of %dx%d at level %d (%.3f mpp)", job_id, len(grid), grid.rows,
                 grid.cols, level.index, level.mpp)
-    sizes = getattr(tile_engine, "batch_sizes", None)
-    batch = max(1, min(settings.batch_size, sizes.stop - 1 if sizes is not None else settings.batch_size))
+    return grid, size, mpp
+
+
+def _encode(reader: SlideReader, grid: TileGrid, tile_engine: EngineLike, store: EmbeddingStore, start: int,
+            batch: int, size: int, settings: PathologySettings, job_id: str, progress: Progress | None) -> None:
+    """Tiles ``start ..`` through the tile engine into ``store``, checkpointing at batch boundaries.
+
+    Whatever stops the loop (the progress callback's JobInterrupted, a transient error) finds the
+    tiles done so far saved before it propagates.
+    """
+    total = len(grid)
     q: queue.Queue[Any] = queue.Queue(maxsize=max(1, settings.queue_batches))
     stop = threading.Event()
-    tiler = _make_tiler(settings, size, mean, std)
+    tiler = _make_tiler(settings, size, _card(tile_engine, "mean"), _card(tile_engine, "std"))
     worker = threading.Thread(target=_produce, name=f"tiles-{job_id}", daemon=True,
-                              args=(reader, grid, tiler, batch, size, settings, q, stop))
+                              args=(reader, grid, tiler, batch, size, settings, q, stop, start))
     worker.start()
-    emb: np.ndarray | None = None
-    done = 0
+    done, saved_at = start, time.monotonic()
     try:
         while True:
             item = q.get()
@@ -206,13 +230,20 @@ def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: Engine
                     raise item
                 raise JobFailed(f"reading the slide failed: {item}") from item
             first, x = item
-            e = _infer(tile_engine, "image", x, "tile")["embedding"][: x.shape[0]]
-            if emb is None:
-                emb = np.empty((total, e.shape[1]), np.float32)
-            emb[first : first + x.shape[0]] = e
-            done += x.shape[0]
+            store.write(first, _infer(tile_engine, "image", x, "tile")["embedding"][: x.shape[0]])
+            done = first + x.shape[0]
+            if time.monotonic() - saved_at >= settings.checkpoint_seconds:
+                store.checkpoint(done)
+                saved_at = time.monotonic()
             if progress is not None:
                 progress(done, total)
+        store.checkpoint(done)
+    except JobFailed:
+        raise
+    except BaseException:
+        store.checkpoint(done)  # the rows up to ``done`` are complete: a later run resumes there
+        logger.info("job %s: stopped at tile %d of %d; %d saved", job_id, done, total, store.done)
+        raise
     finally:
         stop.set()
         while worker.is_alive():  # unblock a producer waiting on a full queue
@@ -220,10 +251,48 @@ def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: Engine
                 q.get_nowait()
             except queue.Empty:
                 worker.join(0.05)
-    assert emb is not None and done == total
-    out = _infer(slide_engine, "embeddings", emb, "slide")
-    probability = float(np.clip(np.asarray(out["probability"]).reshape(-1)[0], 0.0, 1.0))
-    scores = np.asarray(out["tile_scores"], np.float32).reshape(-1)[:total]
+    if done != total:
+        raise JobFailed(f"job {job_id}: the reader stopped after {done} of {total} tiles")
+
+
+def _open_store(grid: TileGrid, tile_engine: EngineLike, size: int, mpp: float, batch: int, job_id: str,
+                settings: PathologySettings) -> tuple[EmbeddingStore, int]:
+    """The job's embedding store and the tile it resumes from (0: from the start)."""
+    m = tile_engine.manifest
+    digest = tiles_digest(grid.level.source.sop_instance_uid, grid.level.index, grid.tile_px, size, mpp,
+                          grid.positions) + f":{batch}"
+    key = BagKey(job_id, f"{m.task}/{m.version}", str(m.sha256), digest, len(grid))
+    store = EmbeddingStore(key, settings.work_dir, settings.memory_budget_mb << 20)
+    start = store.resume()
+    if start:
+        logger.info("job %s: resuming from tile %d of %d (saved tile embeddings)", job_id, start, len(grid))
+    return store, start
+
+
+def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: EngineLike, *, job_id: str,
+              study_uid: str, sources: Sequence[SourceImage] = (), progress: Progress | None = None,
+              settings: PathologySettings = PathologySettings()) -> StudyResult:
+    """Score one opened slide; see the module docstring."""
+    threshold = float(_card(slide_engine, "threshold"))
+    t0 = time.perf_counter()
+    grid, size, mpp = _plan(reader, tile_engine, settings, job_id)
+    level, total = grid.level, len(grid)
+    sizes = getattr(tile_engine, "batch_sizes", None)
+    batch = max(1, min(settings.batch_size, sizes.stop - 1 if sizes is not None else settings.batch_size))
+    store, start = _open_store(grid, tile_engine, size, mpp, batch, job_id, settings)
+    try:
+        if progress is not None and start:
+            progress(start, total)
+        if start < total:
+            _encode(reader, grid, tile_engine, store, start, batch, size, settings, job_id, progress)
+        bag = score_bag(slide_engine, store.array, settings.bag_chunk)
+    except JobFailed:
+        store.discard()  # a permanent failure: nothing to resume
+        raise
+    finally:
+        store.close()
+    probability = float(np.clip(bag.probability, 0.0, 1.0))
+    scores = bag.tile_scores
     heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
     heat[grid.positions[:, 0], grid.positions[:, 1]] = scores
     xy = grid.xy()
@@ -236,7 +305,8 @@ def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: Engine
         heat_map=heat_map, top_tiles=hits, tiles_scored=total,
     )
     elapsed = time.perf_counter() - t0
-    logger.info("job %s: %d tiles in %.1f s (%.0f tiles/s)", job_id, total, elapsed, total / max(elapsed, 1e-9))
+    logger.info("job %s: %d tiles (%d encoded) in %.1f s", job_id, total, total - start, elapsed)
+    store.discard()  # the result is made: the saved embeddings are no longer needed
     t = _identity(tile_engine)
     notes = (f"tile engine {t.task} {t.version}; level {level.index} at {level.mpp:.3f} um/px; "
              f"{total} tissue tiles of {grid.rows}x{grid.cols}",)
@@ -249,7 +319,8 @@ def run_dicom_series(paths: Sequence[Path], tile_engine: EngineLike, slide_engin
     """Score a DICOM WSI series stored by the node (all its instance files)."""
     from appliance.pathology._wsi import DicomSlide
 
-    with DicomSlide(paths, sources, threads=settings.read_threads) as slide:
+    path = settings.optical_path or str(tile_engine.manifest.model_card.get("optical_path", "") or "")
+    with DicomSlide(paths, sources, threads=settings.read_threads, optical_path=path) as slide:
         study = slide.levels[0].source.study_uid
         return run_slide(slide, tile_engine, slide_engine, job_id=job_id, study_uid=study,
                          sources=sources, progress=progress, settings=settings)

@@ -22,6 +22,7 @@ from appliance.errors import ReportError
 from appliance.findings import Finding, StudyResult
 from appliance.reports import uids
 from appliance.reports._source import with_plane_geometry, with_type2
+from appliance.reports.heatmap import bounded_grid
 from appliance.reports.sr import VOCABULARY, DeviceInfo, engine_equipment, result_version
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def build_capture(
     try:
         if finding.heat_map is not None:
             level = headers[finding.heat_map.level_source.sop_instance_uid]
-            pixels = _burn(_scaled(_heat_rgb(finding.heat_map.scores)), _lines(finding))
+            pixels = _burn(_scaled(_heat_rgb(bounded_grid(finding.heat_map.scores, MAX_SIDE)[0])), _lines(finding))
             specimens = [hd.SpecimenDescription.from_dataset(s) for s in level.get("SpecimenDescriptionSequence", [])]
             sc = hd.sc.SCImage.from_ref_dataset(
                 with_type2(level),

@@ -8,9 +8,12 @@ frames of at most 256 x 256 with an explicit Plane Position (Slide) per frame
 (TILED_SPARSE, PS3.3 C.7.6.17.3), so a pathology viewer overlays it on the
 slide. TILED_SPARSE rather than TILED_FULL because validators and viewers that
 predate TILED_FULL segmentations (dciodvfy among them) reject frames without
-per-frame positions. Tiles without tissue (NaN) are 0. The
-array is tiny (one value per tile), so memory stays bounded however large the
-slide is.
+per-frame positions. Tiles without tissue (NaN) are 0. One value per tile
+keeps the array small; beyond :data:`MAX_SIDE` values on a side (a slide of
+millions of tiles) the grid is downsampled by an integer factor, each value
+the maximum of the tiles it covers (hot spots stay visible), and the pixel
+spacing grows by the same factor: the object and the memory to build it stay
+bounded however large the slide is.
 """
 
 from __future__ import annotations
@@ -34,6 +37,29 @@ SEG_SERIES_NUMBER = 9902
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 #: Segmentation frames are at most this many pixels on a side (PS3.3 C.8.12.4.1.2 tiles).
 MAX_FRAME = 256
+#: a heat map (SEG, capture) has at most this many values on a side; larger grids are max-pooled
+MAX_SIDE = 2048
+
+__all__ = ["MAX_SIDE", "bounded_grid", "build_heatmap_seg"]
+
+
+def bounded_grid(scores: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, int]:
+    """``scores`` max-pooled by the smallest integer factor that brings both sides to ``max_side`` or less.
+
+    NaN (no tissue) stays NaN only where every pooled tile is NaN. Returns (grid, factor).
+    """
+    factor = max(1, -(-max(scores.shape) // max_side))
+    if factor == 1:
+        return scores, 1
+    rows, cols = -(-scores.shape[0] // factor), -(-scores.shape[1] // factor)
+    padded = np.full((rows * factor, cols * factor), np.nan, np.float32)
+    padded[: scores.shape[0], : scores.shape[1]] = scores
+    blocks = padded.reshape(rows, factor, cols, factor)
+    with np.errstate(all="ignore"):
+        empty = np.isnan(blocks).all(axis=(1, 3))
+        pooled = np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=(1, 3)).astype(np.float32)
+    pooled[empty] = np.nan
+    return pooled, factor
 
 
 def _check(heat_map: HeatMap, level: Dataset) -> np.ndarray:
@@ -91,7 +117,7 @@ def build_heatmap_seg(
     heat_map = finding.heat_map
     if heat_map is None:
         raise ReportError(f"finding {index} of job {result.job_id} has no heat map")
-    grid = _check(heat_map, level)
+    grid, factor = bounded_grid(_check(heat_map, level), MAX_SIDE)
     origin = level.TotalPixelMatrixOriginSequence[0]
     measures = level.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     row_mm, col_mm = heat_map.pixel_spacing_mm
@@ -105,7 +131,7 @@ def build_heatmap_seg(
         pixel_matrix_position=(1, 1),
     )
     pixel_measures = hd.PixelMeasuresSequence(
-        pixel_spacing=(row_mm * heat_map.tile_px, col_mm * heat_map.tile_px),
+        pixel_spacing=(row_mm * heat_map.tile_px * factor, col_mm * heat_map.tile_px * factor),
         slice_thickness=float(measures.get("SliceThickness", 0.001) or 0.001),
     )
     frame = (min(MAX_FRAME, grid.shape[0]), min(MAX_FRAME, grid.shape[1]))
@@ -138,5 +164,6 @@ def build_heatmap_seg(
     )
     if "PatientOrientation" not in seg:
         seg.PatientOrientation = []  # General Image Type 2C: no patient orientation for a slide
-    logger.info("built heat-map SEG for job %s finding %d (%dx%d tiles)", result.job_id, index, *grid.shape)
+    logger.info("built heat-map SEG for job %s finding %d (%dx%d values, %d tile(s) a side each)",
+                result.job_id, index, *grid.shape, factor)
     return seg

@@ -191,7 +191,8 @@ class WsiWriter:
         ds.OpticalPathSequence = Sequence([op])
 
     # -- files ---------------------------------------------------------------
-    def _write(self, ds: Dataset, frames: Iterator[np.ndarray], n_frames: int, name: str) -> Path:
+    def _write(self, ds: Dataset, frames: Iterator[np.ndarray], n_frames: int, name: str,
+               encoded: Iterator[bytes] | None = None) -> Path:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -208,7 +209,7 @@ class WsiWriter:
             fh.write(b"\0" * (4 * n_frames))
             first = fh.tell()
             offsets = []
-            for data in self._encoded(frames):
+            for data in encoded if encoded is not None else self._encoded(frames):
                 if len(data) % 2:
                     data += b"\0"
                 offsets.append(fh.tell() - first)
@@ -250,6 +251,27 @@ class WsiWriter:
         ds = self._base(image_type, t, t, (w, h), spacing, n, level + 1, f"level{level}")
         ds.SeriesDescription = "synthetic H&E"
         return self._write(ds, self.slide.frames(level, t), n, f"level_{level}.dcm")
+
+    def write_mosaic_level(self, level: int, reps: int) -> Path:
+        """One level of a slide ``reps`` x ``reps`` times the size: the level's frames repeated.
+
+        Like several sections of one tissue block on a large slide; each distinct frame is encoded
+        once, so a level of tens of thousands of frames is written in seconds, a frame at a time.
+        """
+        w, h = self.slide.level_size(level)
+        t = self.tile
+        if w % t or h % t:
+            raise ValueError(f"a mosaic needs levels of whole frames: level {level} is {w}x{h}, frames {t}")
+        across, down = w // t, h // t
+        small = list(self._encoded(self.slide.frames(level, t)))
+        n = across * down * reps * reps
+        image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if level == 0 else [
+            "DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        spacing = self.slide.mpp * 2**level / 1000.0
+        ds = self._base(image_type, t, t, (w * reps, h * reps), spacing, n, level + 1, f"level{level}")
+        ds.SeriesDescription = "synthetic H&E"
+        order = (small[(r % down) * across + c % across] for r in range(down * reps) for c in range(across * reps))
+        return self._write(ds, iter(()), n, f"level_{level}.dcm", encoded=order)
 
     def write_associated(self, kind: str) -> Path:
         """A single-frame LABEL or OVERVIEW image (not part of the pyramid)."""

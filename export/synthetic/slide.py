@@ -211,15 +211,23 @@ def write_dicom_wsi(
     study_uid: str | None = None,
     series_uid: str | None = None,
     patient_id: str = "SYNTH-0001",
+    mosaic: int = 1,
 ) -> list[Path]:
-    """Write the slide as one DICOM WSI instance per level (plus LABEL and OVERVIEW when ``extras``)."""
+    """Write the slide as one DICOM WSI instance per level (plus LABEL and OVERVIEW when ``extras``).
+
+    ``mosaic`` > 1 writes a slide that many times wider and higher, the slide's frames repeated
+    (each encoded once): scanner-sized levels in seconds, for benchmarks and long jobs.
+    """
     from export.synthetic._wsi_dicom import WsiWriter
 
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ExportError(f"transfer_syntax must be one of {TRANSFER_SYNTAXES}, got {transfer_syntax!r}")
     writer = WsiWriter(slide, out_dir, transfer_syntax, tile, study_uid, series_uid, patient_id)
     n = levels or slide.levels_for(tile)
-    paths = [writer.write_level(level) for level in range(n)]
+    if mosaic > 1:
+        paths = [writer.write_mosaic_level(level, mosaic) for level in range(n)]
+    else:
+        paths = [writer.write_level(level) for level in range(n)]
     if extras:
         paths.append(writer.write_associated("LABEL"))
         paths.append(writer.write_associated("OVERVIEW"))

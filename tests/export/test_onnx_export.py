@@ -40,9 +40,13 @@ def test_dynamic_batch_and_bag_axes_run_at_other_sizes(exported: Exported) -> No
     assert embedding.shape == (7, exported.models.sizes.tile.embed_dim)
     slide = exported.cache / "work" / "pathology_slide" / "fp32" / "model.onnx"
     bag = np.random.default_rng(1).random((123, exported.models.sizes.mil.embed_dim), dtype=np.float32)
-    probability, attention, scores = run_onnx(slide, {"embeddings": bag})
+    probability, attention, scores, logits, tile_logits = run_onnx(slide, {"embeddings": bag})
     assert probability.shape == (1,) and attention.shape == (123,) and scores.shape == (123,)
     assert float(attention.sum()) == pytest.approx(1.0, abs=1e-5)
+    # bag_pooling: the slide logit is the attention-weighted mean of the tile logits (chunkable exactly)
+    w = np.exp(logits.astype(np.float64) - logits.max())
+    pooled = float(np.dot(w / w.sum(), tile_logits))
+    assert float(probability[0]) == pytest.approx(1.0 / (1.0 + np.exp(-pooled)), abs=1e-6)
 
 
 def test_external_data_travels_with_the_model(tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ def _install(tmp_path: Path, data_dir: Path) -> None:
             "inputs": [{"name": "embeddings", "shape": ["N", 16], "dtype": "float32"}],
             "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"},
                         {"name": "attention", "shape": ["N"], "dtype": "float32"},
-                        {"name": "tile_scores", "shape": ["N"], "dtype": "float32"}]}),
+                        {"name": "tile_scores", "shape": ["N"], "dtype": "float32"},
+                        {"name": "attention_logits", "shape": ["N"], "dtype": "float32"}],
+            "bag_pooling": {"attention_logits": "attention_logits", "tile_values": "tile_scores", "head": "identity"}}),
     }
     registry = Registry(data_dir / "engines", keys)
     for task, (model, inputs, eng, card) in specs.items():

@@ -4,8 +4,10 @@ The tile engine embeds a tile as its per-channel mean and mean square (plus
 a few fixed random projections of the pooled image, for a wider ``D``); the
 slide engine scores each tile from its channel means (tumour is darker and
 more purple), attends with a softmax over the scores and reports the
-attention-weighted probability. They follow the model-card contract of the
-demo models, so the pipeline cannot tell them from real bundles.
+attention-weighted probability. The slide engine also outputs its attention
+logits and per-tile values and declares ``bag_pooling`` (head "identity"), so
+a bag of any size is scored in chunks. They follow the model-card contract of
+the demo models, so the pipeline cannot tell them from real bundles.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def slide_model(dim: int = 16, bias: float = -4.0, gain: float = 2.0) -> onnx.Mo
         helper.make_node("Sigmoid", ["z"], ["s2"]),
         helper.make_node("Flatten", ["s2"], ["s2f"], axis=0),
         helper.make_node("Squeeze", ["s2f", "zero"], ["tile_scores"]),
-        helper.make_node("Mul", ["tile_scores", "four"], ["logits"]),
+        helper.make_node("Mul", ["tile_scores", "four"], ["attention_logits"]),
+        helper.make_node("Identity", ["attention_logits"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["attention"], axis=0),
         helper.make_node("Mul", ["attention", "tile_scores"], ["weighted"]),
         helper.make_node("ReduceSum", ["weighted", "zero"], ["probability"], keepdims=1),
@@ -101,7 +104,8 @@ def slide_model(dim: int = 16, bias: float = -4.0, gain: float = 2.0) -> onnx.Mo
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])],
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1]),
          helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("tile_scores", TensorProto.FLOAT, ["N"])],
+         helper.make_tensor_value_info("tile_scores", TensorProto.FLOAT, ["N"]),
+         helper.make_tensor_value_info("attention_logits", TensorProto.FLOAT, ["N"])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([bias], np.float32), "b"),
          numpy_helper.from_array(np.array([0], np.int64), "zero"),
          numpy_helper.from_array(np.array(4.0, np.float32), "four")],
@@ -110,10 +114,14 @@ def slide_model(dim: int = 16, bias: float = -4.0, gain: float = 2.0) -> onnx.Mo
 
 
 def tiny_engines(tile_size: int = 64, mpp: float = 1.0, dim: int = 16, threads: int = 1,
-                 max_batch: int = 64) -> tuple[TinyEngine, TinyEngine]:
-    """(tile engine, slide engine) with demo-style model cards."""
+                 max_batch: int = 64, max_bag: int = 1_000_000,
+                 pooling: bool = True) -> tuple[TinyEngine, TinyEngine]:
+    """(tile engine, slide engine) with demo-style model cards; ``pooling``: declare ``bag_pooling``."""
     tile_card = {"tile_size": tile_size, "mpp": mpp, "mean": MEAN, "std": STD, "name": "tiny tile"}
-    slide_card = {"threshold": 0.5, "labels": ["normal", "tumour"], "name": "tiny slide"}
+    slide_card: dict[str, Any] = {"threshold": 0.5, "labels": ["normal", "tumour"], "name": "tiny slide"}
+    if pooling:
+        slide_card["bag_pooling"] = {"attention_logits": "attention_logits", "tile_values": "tile_scores",
+                                     "head": "identity"}
     tile = TinyEngine(tile_model(dim), TinyManifest("pathology_tile", tile_card), range(1, max_batch + 1), threads)
-    slide = TinyEngine(slide_model(dim), TinyManifest("pathology_slide", slide_card), range(1, 1_000_001), threads)
+    slide = TinyEngine(slide_model(dim), TinyManifest("pathology_slide", slide_card), range(1, max_bag + 1), threads)
     return tile, slide

@@ -148,15 +148,47 @@ def test_a_source_that_is_not_what_the_finding_says_is_refused(tmp_path: Path) -
     assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
 
 
-def test_a_heat_map_that_does_not_cover_the_level_is_refused(tmp_path: Path) -> None:
+def _sr_text(path: Path) -> str:
+    ds = pydicom.dcmread(path)
+    found: list[str] = []
+
+    def walk(items: pydicom.Sequence) -> None:
+        for item in items:
+            if "TextValue" in item:
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return "\n".join(found)
+
+
+def test_a_heat_map_that_does_not_cover_the_level_is_left_out_and_the_sr_says_why(tmp_path: Path) -> None:
     result = pathology(tmp_path, 0.9)
     finding = result.findings[0]
     assert finding.heat_map is not None
     small = HeatMap(np.zeros((2, 2), np.float32), 256, finding.heat_map.level_source, 768, 1000, (0.0005, 0.0005))
     bad = StudyResult(result.job_id, result.study_uid, (Finding("pathology", 0.9, 0.5, finding.engine,
                                                                 finding.sources, heat_map=small),))
-    with pytest.raises(ReportError, match=r"heat map grid \(2, 2\) does not cover the level"):
-        build_reports(bad, tmp_path / "outbox", DEVICE)
+    paths = build_reports(bad, tmp_path / "outbox", DEVICE)
+    classes = [pydicom.dcmread(p).SOPClassUID for p in paths]
+    assert classes == [SR_CLASS, SC_CLASS], "the SR and the capture still go out, the SEG is left out"
+    assert dciodvfy(paths[0])[0] == []
+    text = _sr_text(paths[0])
+    assert "heat map (Segmentation) of finding 1 was not produced" in text
+    assert "heat map grid (2, 2) does not cover the level" in text
+
+
+def test_a_slide_without_frame_of_reference_gets_its_sr_without_a_seg(tmp_path: Path) -> None:
+    """As OrthancWSIDicomizer writes it: no Frame of Reference UID, so highdicom cannot tile a SEG over it."""
+    result = pathology(tmp_path, 0.8)
+    level = result.findings[0].sources[0]
+    ds = pydicom.dcmread(level.path)
+    del ds.FrameOfReferenceUID
+    ds.save_as(level.path)
+    paths = build_reports(result, tmp_path / "outbox", DEVICE)
+    assert [pydicom.dcmread(p).SOPClassUID for p in paths] == [SR_CLASS, SC_CLASS]
+    assert dciodvfy(paths[0])[0] == []
+    assert "Frame of Reference" in _sr_text(paths[0])
 
 
 def test_a_result_without_findings_is_refused(tmp_path: Path) -> None:
@@ -171,4 +203,5 @@ def test_an_undecodable_key_slice_skips_only_the_optional_capture(
     paths = build_reports(result, tmp_path / "outbox", DEVICE)
     assert [pydicom.dcmread(p).SOPClassUID for p in paths] == [SR_CLASS]
     assert dciodvfy(paths[0])[0] == []
-    assert "no capture for finding 1" in caplog.text
+    assert "secondary capture of finding 1 left out" in caplog.text
+    assert "secondary capture of finding 1 was not produced" in _sr_text(paths[0])
