@@ -19,7 +19,7 @@ __all__ = ["Engine", "InferenceError", "load_engine"]
 def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options: Any) -> Engine:
     """Load a *verified* bundle directory on the backend its manifest names.
 
-    Options: ``device`` ("auto" | "cpu" | "cuda") for ONNX Runtime; ``triton_url`` and
+    Options: ``device`` ("auto" | "cpu" | "cuda" | "cuda:N") for ONNX Runtime and TensorRT; ``triton_url`` and
     ``timeout`` for Triton. Never call this on a bundle whose signature and hashes
     were not verified: a TensorRT plan is executable code.
     """
@@ -31,7 +31,7 @@ def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options:
     if name == "tensorrt":
         from engines.backends.tensorrt import TensorRTEngine
 
-        return TensorRTEngine(root, manifest)
+        return TensorRTEngine(root, manifest, device=options.get("device", "auto"))
     if name == "triton":
         from engines.backends.triton import TritonEngine
 

@@ -44,7 +44,7 @@ class FakeSource:
     def active_versions(self) -> dict[str, str]:
         return dict(self.active)
 
-    def load_active(self, task: str, cpu_threads: int = 0) -> FakeEngine:
+    def load_active(self, task: str, cpu_threads: int = 0, device: str | None = None) -> FakeEngine:
         engine = FakeEngine(self.active[task])
         self.loaded.append(engine)
         return engine
