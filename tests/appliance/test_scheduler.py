@@ -8,6 +8,7 @@ boundary so the test can look at the slots while jobs run.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -350,3 +351,43 @@ def test_remote_jobs_run_on_lanes_as_many_as_the_pool_takes(data_dir: Path) -> N
     finally:
         gate.set()
         scheduler.stop()
+
+
+def test_dashboard_and_metrics_show_each_slot(data_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from appliance.web import create_app
+
+    store = StateStore.for_data_dir(data_dir)
+    queue = JobQueue(store)
+    clock = [time.time() - 40]  # the web app reads with the real clock: slot up 40 s ago
+    board = SlotBoard(store, clock=lambda: clock[0])
+    board.register([Device("slot0", "cuda:0"), Device("slot1", "cuda:1")])
+    ident, _ = queue.enqueue("pathology", "2.25.1", ["2.25.2"], priority=5)
+    job = queue.lease("w")
+    assert job is not None and queue.preempt(ident, "w", "yielded") and queue.progress(ident, "w", 0, 0) is False
+    job = queue.lease("w")
+    assert job is not None and queue.progress(ident, "w", 300, 1000)
+    clock[0] += 10
+    board.job_started("slot0", job)
+    clock[0] += 30
+    config = parse_config({"node": {"data_dir": str(data_dir)}})
+    client = TestClient(create_app(config, store))
+    page = client.get("/").text
+    assert 'id="slots"' in page and ident in page and "cuda:1" in page and "idle" in page
+    assert re.search(r"<td>7[4-6] %</td>", page), "slot0 was busy for 30 of its 40 s"
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    samples = {(s.name, s.labels.get("slot")): s for f in families.values() for s in f.samples
+               if s.name.startswith("appliance_slot")}
+    assert samples[("appliance_slot_busy", "slot0")].value == 1.0
+    assert samples[("appliance_slot_busy", "slot1")].value == 0.0
+    assert samples[("appliance_slot_job", "slot0")].labels == {"slot": "slot0", "device": "cuda:0", "job": ident,
+                                                                "pipeline": "pathology"}
+    assert samples[("appliance_slot_utilisation_ratio", "slot0")].value == pytest.approx(0.75, abs=0.02)
+    assert samples[("appliance_slot_resumes_total", "slot0")].value == 1.0, "it had yielded before"
+    board.job_ended("slot0", job, "preempted")
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    samples = {(s.name, s.labels.get("slot")): s for f in families.values() for s in f.samples}
+    assert samples[("appliance_slot_preemptions_total", "slot0")].value == 1.0
+    assert samples[("appliance_slot_busy", "slot0")].value == 0.0
