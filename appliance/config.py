@@ -145,7 +145,8 @@ class WorkerSettings(_Section):
     preemption: bool = True  #: an urgent queued job makes a less urgent running one yield at its next batch
     #: a job that has spent this long back in the queue after yielding is not preempted again (no starvation)
     max_wait_seconds: Annotated[float, Field(ge=0)] = 1800.0
-    memory_budget_bytes: Annotated[int, Field(ge=0)] = 0  #: device memory a cuda slot's engines may declare; 0: no limit
+    #: GPU memory (MiB) a cuda slot's engines may declare (manifest ``device_memory_size``); 0: no limit
+    device_memory_budget_mb: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("devices")
     @classmethod

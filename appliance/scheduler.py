@@ -181,7 +181,10 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None
-        for worker in [*self.workers, *self.remote_lanes]:
+        workers = [*self.workers, *self.remote_lanes]
+        for worker in workers:  # every slot's job stops at its next batch, all at once
+            worker.request_stop()
+        for worker in workers:
             worker.stop(timeout=timeout)
         self._remote_engines.close()
 
@@ -246,6 +249,8 @@ class Scheduler:
                 self.preemptions += 1
                 logger.info("job %s (priority %d) asks job %s (priority %d) on %s to yield", job.id, job.priority,
                             running.id, running.priority, victim.slot)
+        for worker in yielding:  # no queued job needs these slots any more
+            worker.cancel_yield()
         return asked
 
     def _victim(self, urgent: Job, candidates: list[Worker]) -> Worker | None:

@@ -246,6 +246,11 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=f"inference-{self.slot}", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the running job to stop at its next batch (released to the queue); :meth:`stop` waits for it."""
+        self._stopping.set()
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Interrupt the running job (released to the queue), stop the thread and close the engines."""
         self._stopping.set()
@@ -291,6 +296,12 @@ class Worker:
             self._yield.set()
         logger.info("job %s on %s asked to yield to more urgent work", job_id, self.slot)
         return True
+
+    def cancel_yield(self) -> None:
+        """Withdraw a yield request (the urgent job found another slot first)."""
+        if self._yield.is_set():
+            self._yield.clear()
+            logger.info("%s: yield request withdrawn", self.slot)
 
     def _loop(self) -> None:
         logger.info("worker %s (%s) started", self.owner, self.slot)
@@ -491,7 +502,7 @@ def worker_component(
         report if report is not None else default_report(config),
         deliver if deliver is not None else default_deliver(config, store),
         source,
-        plan_devices(settings.devices, config.engines.cpu_threads, settings.memory_budget_bytes),
+        plan_devices(settings.devices, config.engines.cpu_threads, settings.device_memory_budget_mb * 2**20),
         PIPELINE_TASKS,
         data_dir=config.data_dir,
         preemption=settings.preemption,
