@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.config import Config
 from appliance.engine_cache import EngineCache, EngineSource
-from appliance.errors import ApplianceError, JobFailed, ReportError, StudyIncomplete
+from appliance.errors import JobFailed, ReportError, StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.jobs import Job, JobQueue
+from appliance.lease import JobInterrupted, JobLease, JobPreempted, orphaned_lease
 from appliance.state import StateStore
 from engines.errors import EngineUnavailable
 
@@ -82,18 +83,9 @@ PIPELINE_TASKS: dict[str, tuple[str, ...]] = {
     "breast_mri": ("breast_mri",),
 }
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (JobFailed, StudyIncomplete, ReportError)
-PROGRESS_INTERVAL_SECONDS = 0.5
 #: how long a job waits in the queue when its engine cannot be reached (not a failed attempt)
 ENGINE_UNAVAILABLE_DELAY_SECONDS = 15.0
 _WORK_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class JobInterrupted(ApplianceError):
-    """The worker is stopping or lost its lease: the job goes back to the queue."""
-
-
-class JobPreempted(JobInterrupted):
-    """The job yields its slot to more urgent work at a batch boundary: back to the queue ahead of its peers."""
 
 
 class SlotMonitor(Protocol):
@@ -134,60 +126,6 @@ def summarize(result: StudyResult, files: Sequence[Path], deliveries: int, secon
         "tiles_scored": sum(int(f.tiles_scored) for f in result.findings),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-
-
-class _Lease:
-    """The running job's lease: a heartbeat thread plus throttled progress that can interrupt the job."""
-
-    def __init__(
-        self, queue: JobQueue, job: Job, owner: str, stopping: threading.Event, yield_requested: threading.Event
-    ) -> None:
-        self.queue, self.job, self.owner, self.stopping = queue, job, owner, stopping
-        self.yield_requested = yield_requested
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._last_progress = 0.0
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id}", daemon=True)
-
-    def __enter__(self) -> _Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        interval = max(0.05, self.queue.lease_seconds / 3)
-        while not self._done.wait(interval):
-            try:
-                if not self.queue.heartbeat(self.job.id, self.owner):
-                    logger.warning("job %s: lease lost", self.job.id)
-                    self.lost.set()
-                    return
-            except Exception:
-                logger.exception("job %s: heartbeat failed", self.job.id)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise JobInterrupted(f"job {self.job.id} lost its lease")
-        if self.stopping.is_set():
-            raise JobInterrupted(f"job {self.job.id} interrupted: the worker is stopping")
-
-    def progress(self, done: int, total: int) -> None:
-        """Record progress; at a boundary with work left, yield when asked to (:class:`JobPreempted`)."""
-        self.check()
-        if self.yield_requested.is_set() and done < total:
-            if not self.queue.progress(self.job.id, self.owner, done, total):
-                self.lost.set()
-                self.check()
-            raise JobPreempted(f"job {self.job.id} yielded its slot to more urgent work at {done} of {total}")
-        now = time.monotonic()
-        if done >= total or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS:
-            self._last_progress = now
-            if not self.queue.progress(self.job.id, self.owner, done, total):
-                self.lost.set()
-                self.check()
 
 
 class Worker:
@@ -346,7 +284,7 @@ class Worker:
     def _process(self, job: Job) -> str | None:
         """Run one leased job; return ``"preempted"`` when it yielded its slot, else None."""
         times: dict[str, float] = {}
-        with _Lease(self.queue, job, self.owner, self._stopping, self._yield) as lease:
+        with JobLease(self.queue, job, self.owner, self._stopping, self._yield) as lease:
             try:
                 pipeline = self.pipelines.get(job.pipeline)
                 if pipeline is None:
@@ -398,30 +336,6 @@ def _discard_work(job: Job) -> None:
     if job.work_dir is not None and job.work_dir.exists():
         shutil.rmtree(job.work_dir, ignore_errors=True)
         logger.info("job %s: work directory removed", job.id)
-
-
-def orphaned_lease(owner: str, mine: str) -> bool:
-    """True for a lease of a worker process on this host that no longer runs (killed, crashed).
-
-    Called before a worker leases anything, so a lease in our own process's name (a PID
-    reused after a container restart) is orphaned too. Other hosts' leases wait for expiry.
-    Owners read ``host:pid:worker`` (or ``workerN``, one per device slot).
-    """
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or not re.fullmatch(r"worker\d*", parts[2]) or not parts[1].isdigit():
-        return False
-    host, pid = parts[0], int(parts[1])
-    if host != socket.gethostname():
-        return False
-    if pid == os.getpid() or owner == mine:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 # ---------------------------------------------------------------------- wiring
