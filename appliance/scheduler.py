@@ -26,9 +26,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from appliance.engine_cache import EngineCache
+from appliance.engine_cache import EngineCache, EngineSource
 from appliance.jobs import Job, JobQueue
 from appliance.slots import REMOTE, Device, SlotBoard
 from appliance.state import StateStore
@@ -62,7 +61,8 @@ class Requirement:
 class Placement:
     """Which pipelines each slot can run now, from the tasks' active manifests (re-read every second)."""
 
-    def __init__(self, source: Any, tasks: Mapping[str, Sequence[str]], devices: Sequence[Device]) -> None:
+    def __init__(self, source: object, tasks: Mapping[str, Sequence[str]], devices: Sequence[Device]) -> None:
+        """``source`` reports ``active_manifest(task)`` (the registry); without it nothing is required."""
         self.source, self.tasks, self.devices = source, dict(tasks), list(devices)
         self._cache: tuple[float, dict[str, Requirement]] = (0.0, {})
         self._lock = threading.Lock()
@@ -121,7 +121,7 @@ class Scheduler:
         pipelines: Mapping[str, PipelineFn],
         report: ReportFn,
         deliver: DeliverFn,
-        source: Any,
+        source: EngineSource,
         devices: Sequence[Device],
         tasks: Mapping[str, Sequence[str]],
         *,
