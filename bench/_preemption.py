@@ -2,8 +2,9 @@
 
 Both runs use one CPU slot, the demo engines and a local Orthanc, each in a
 fresh data directory (same engines, same slide files), so the slide job is the
-same job with the same result; only ``[worker] preemption`` differs. The MRI
-study is sent once the slide job has done ``slide_at`` of its tiles.
+same job with the same result; only ``[worker] preemption`` differs. A first DCE
+study warms the MRI engine up; the measured one is sent once the slide job has
+done ``slide_at`` of its tiles.
 """
 
 from __future__ import annotations
@@ -93,9 +94,13 @@ def _one_run(run_dir: Path, engines_from: Path, slide: DemoStudy, stable: float,
 
     for name in ("engines", "trusted_keys"):
         shutil.copytree(engines_from / name, run_dir / name)
-    dce = write_dce_study(run_dir / "dce", seed=101)
+    warm, dce = write_dce_study(run_dir / "warm", seed=100), write_dce_study(run_dir / "dce", seed=101)
     with _appliance(run_dir, stable, preemption) as (service, pacs):
         cfg = service.config
+        send_study(warm, cfg.node.host, cfg.node.port, cfg.node.ae_title)  # loads the MRI engine: the measured one is warm
+        _, problem = wait_for_results(service, pacs, [warm], timeout=3600)
+        if problem:
+            raise RuntimeError(f"warm-up study: {problem}")
         send_study(slide, cfg.node.host, cfg.node.port, cfg.node.ae_title)
         first_start = 0.0
         deadline = time.monotonic() + 3600

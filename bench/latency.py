@@ -4,7 +4,7 @@
     .venv/bin/python bench/latency.py --preemption [--slide-tiles N] [--stable-seconds S] [--data-dir DIR]
 
 ``--preemption`` (the scheduler's figure, issue 21): a routine slide of about
-N tissue tiles (default 8,000 so it runs in minutes on 2 cores; the issue's
+N tissue tiles (default 10,000 so it runs in minutes on 2 cores; the issue's
 size is 100,000) is running when an urgent DCE study (route priority 0)
 completes. Run twice on one CPU slot, in fresh appliances with the same slide,
 with ``[worker] preemption`` off then on; printed: the MRI latency (last
@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--stable-seconds", type=float, default=3.0)
     parser.add_argument("--data-dir", type=Path, default=Path("./var/demo"))
     parser.add_argument("--preemption", action="store_true", help="urgent MRI during a routine slide, on and off")
-    parser.add_argument("--slide-tiles", type=int, default=8_000, help="tissue tiles of the slide (--preemption)")
+    parser.add_argument("--slide-tiles", type=int, default=10_000, help="tissue tiles of the slide (--preemption)")
     parser.add_argument("--slide-at", type=float, default=0.3,
                         help="share of the slide's tiles done when the MRI study is sent (--preemption)")
     args = parser.parse_args()
