@@ -306,19 +306,17 @@ class Worker:
                 self.queue.release(job.id, self.owner, reason=str(exc))
                 return None
             except PERMANENT_ERRORS as exc:
+                if self._defer_unavailable(job, exc, lease):
+                    return None
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                 else:
                     self.queue.fail(job.id, self.owner, str(exc), transient=False)
                     _discard_work(job)
                 return None
-            except EngineUnavailable as exc:
-                if self._stopping.is_set() or lease.lost.is_set():
-                    self.queue.release(job.id, self.owner)
-                else:
-                    self.queue.defer(job.id, self.owner, f"engine unavailable, waiting: {exc}", self.unavailable_delay)
-                return None
             except Exception as exc:
+                if self._defer_unavailable(job, exc, lease):
+                    return None
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                     return None
@@ -329,6 +327,28 @@ class Worker:
         self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times))
         _discard_work(job)
         return None
+
+
+    def _defer_unavailable(self, job: Job, exc: BaseException, lease: JobLease) -> bool:
+        """An unreachable engine is not the study's fault: back to the queue after a delay, attempt not counted."""
+        unavailable = _engine_unavailable(exc)
+        if unavailable is None:
+            return False
+        if self._stopping.is_set() or lease.lost.is_set():
+            self.queue.release(job.id, self.owner)
+        else:
+            self.queue.defer(job.id, self.owner, f"engine unavailable, waiting: {unavailable}", self.unavailable_delay)
+        return True
+
+
+def _engine_unavailable(exc: BaseException) -> EngineUnavailable | None:
+    """The EngineUnavailable behind ``exc`` (itself or a cause a pipeline wrapped), or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, EngineUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _discard_work(job: Job) -> None:

@@ -293,9 +293,15 @@ def test_start_takes_back_leases_of_dead_workers_on_this_host(harness: Harness) 
     assert states["alive"] == "running" and states["remote"] == "running", "live or remote leases wait for expiry"
 
 
-def test_unreachable_engine_defers_the_job_without_counting_attempts(harness: Harness) -> None:
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_unreachable_engine_defers_the_job_without_counting_attempts(harness: Harness, wrapped: bool) -> None:
     def unreachable(_progress: ProgressFn) -> None:
-        raise EngineUnavailable("every Triton endpoint is down")
+        if not wrapped:
+            raise EngineUnavailable("every Triton endpoint is down")
+        try:
+            raise EngineUnavailable("every Triton endpoint is down")
+        except EngineUnavailable as exc:
+            raise JobFailed("scoring the slide failed") from exc  # a pipeline's wrapping: still not the study's fault
 
     harness.behaviour = unreachable
     ident, _ = harness.queue.enqueue("pathology", "1.2", ["1.2.3"])
