@@ -189,8 +189,24 @@ class WorkerSettings(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     max_queue: Annotated[int, Field(ge=1)] = 1000  #: backpressure above this many queued jobs
     batch_size: Annotated[int, Field(ge=1)] = 32
+    #: scheduling slots, one worker and one set of engine sessions each ("cpu", "cuda:N"; a device may repeat);
+    #: empty: one slot, the first GPU when present, else "cpu"
+    devices: tuple[str, ...] = ()
+    preemption: bool = True  #: an urgent queued job makes a less urgent running one yield at its next batch
+    #: a job that has spent this long back in the queue after yielding is not preempted again (no starvation)
+    max_wait_seconds: Annotated[float, Field(ge=0)] = 1800.0
+    #: GPU memory (MiB) a cuda slot's engines may declare (manifest ``device_memory_size``); 0: no limit
+    device_memory_budget_mb: Annotated[int, Field(ge=0)] = 0
     #: tile embeddings of a slide beyond this many MB go to a disk-backed array (the job's work directory)
     memory_budget_mb: Annotated[int, Field(ge=0)] = 512
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.match(r"^(cpu|cuda:\d+)$", name):
+                raise ValueError(f"device {name!r} must be 'cpu' or 'cuda:N' (N the CUDA device number)")
+        return value
 
 
 class PathologyConfig(_Section):

@@ -5,9 +5,11 @@ and ``lease_expires``); the worker renews the lease with :meth:`JobQueue.heartbe
 while it works and ends it with :meth:`~JobQueue.succeed`, :meth:`~JobQueue.fail`
 or :meth:`~JobQueue.release`. A lease that expires (the worker died) puts the
 job back to ``queued``, so a job runs to completion once. Lower ``priority``
-runs first (0 is urgent), then first in, first out. Transient failures are
-retried up to ``max_attempts`` with a growing delay, then the job is ``failed``
-with the reason.
+runs first (0 is urgent), then a job that yielded its slot to urgent work
+(:meth:`JobQueue.preempt`, ahead of its peers), then first in, first out.
+Transient failures are retried up to ``max_attempts`` with a growing delay,
+then the job is ``failed`` with the reason; an engine that cannot be reached
+now (:meth:`JobQueue.defer`) delays the job without counting an attempt.
 
 While a job is ``queued``, ``lease_expires`` holds the earliest time it may be
 leased again (the retry delay); 0 means at once. Every state change is one
@@ -21,8 +23,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance.errors import StateError
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 _ID_PREFIX = "J"
 RETRY_DELAY_SECONDS = 2.0  #: first retry delay; doubles per attempt
 MAX_RETRY_DELAY_SECONDS = 60.0
+#: the order in which queued jobs are leased: urgency, then jobs that yielded to urgent work, then FIFO
+LEASE_ORDER = "priority, case when coalesce(preemptions, 0) > 0 then 0 else 1 end, created_at, rowid"
 
 
 def new_job_id() -> str:
@@ -73,6 +78,9 @@ class Job:
     created_at: float
     started_at: float
     finished_at: float
+    preemptions: int = 0  #: times the job yielded its slot to more urgent work
+    yielded_seconds: float = 0.0  #: time spent back in the queue after yielding (the starvation guard)
+    work_dir: Path | None = None  #: ``<data_dir>/work/<job id>``, set by the worker for the pipeline's checkpoints
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -93,6 +101,8 @@ class Job:
             created_at=float(row["created_at"] or 0.0),
             started_at=float(row["started_at"] or 0.0),
             finished_at=float(row["finished_at"] or 0.0),
+            preemptions=int(row.get("preemptions") or 0),
+            yielded_seconds=float(row.get("yielded_seconds") or 0.0),
         )
 
 
@@ -177,24 +187,33 @@ class JobQueue:
                     why = "lease expired" if float(row["lease_expires"] or 0.0) < now else "its worker died"
                     db.conn.execute(
                         "update jobs set state = 'queued', lease_owner = '', lease_expires = 0,"
-                        " reason = ? where id = ?",
-                        (f"{why}, requeued", row["id"]),
+                        " reason = ?, queued_at = ? where id = ?",
+                        (f"{why}, requeued", now, row["id"]),
                     )
                     logger.warning("job %s: %s, back to the queue", row["id"], why)
         return len(rows)
 
-    def lease(self, owner: str) -> Job | None:
-        """Take the next job (lowest priority value, then oldest) for ``owner``, or None if none is ready."""
+    def lease(self, owner: str, exclude: Collection[str] = ()) -> Job | None:
+        """Take the next job (:data:`LEASE_ORDER`) for ``owner``, or None if none is ready.
+
+        Jobs of the ``exclude`` pipelines are passed over: the slot leasing cannot run
+        them, so it gets the most urgent job it can run.
+        """
         if not owner:
             raise ValueError("a lease needs a non-empty owner")
         self.expire_leases()
         now = self.clock()
+        where = ""
+        params: tuple[Any, ...] = ()
+        if exclude:
+            where = f" and pipeline not in ({', '.join('?' for _ in exclude)})"
+            params = tuple(sorted(exclude))
         with self.store.atomic() as db:
             rows = list(
                 db.query(
-                    "select id from jobs where state = 'queued' and coalesce(lease_expires, 0) <= ?"
-                    " order by priority, created_at, rowid limit 1",
-                    (now,),
+                    f"select id from jobs where state = 'queued' and coalesce(lease_expires, 0) <= ?{where}"
+                    f" order by {LEASE_ORDER} limit 1",
+                    (now, *params),
                 )
             )
             if not rows:
@@ -202,8 +221,10 @@ class JobQueue:
             ident = rows[0]["id"]
             db.conn.execute(
                 "update jobs set state = 'running', lease_owner = ?, lease_expires = ?,"
-                " attempts = attempts + 1, started_at = ?, reason = '' where id = ?",
-                (owner, now + self.lease_seconds, now, ident),
+                " attempts = attempts + 1, started_at = ?, reason = '',"
+                " yielded_seconds = coalesce(yielded_seconds, 0) + case when coalesce(preemptions, 0) > 0"
+                " and coalesce(queued_at, 0) > 0 then max(0, ? - queued_at) else 0 end where id = ?",
+                (owner, now + self.lease_seconds, now, now, ident),
             )
             job = self._get(db, ident)
         logger.info("job %s leased by %s (attempt %d)", job.id, owner, job.attempts)
@@ -265,8 +286,9 @@ class JobQueue:
             if transient and attempts < self.max_attempts:
                 delay = min(MAX_RETRY_DELAY_SECONDS, RETRY_DELAY_SECONDS * 2 ** (attempts - 1))
                 db.conn.execute(
-                    "update jobs set state = 'queued', lease_owner = '', lease_expires = ?, reason = ? where id = ?",
-                    (now + delay, f"attempt {attempts} failed, retrying: {reason}", job_id),
+                    "update jobs set state = 'queued', lease_owner = '', lease_expires = ?, reason = ?, queued_at = ?"
+                    " where id = ?",
+                    (now + delay, f"attempt {attempts} failed, retrying: {reason}", now, job_id),
                 )
                 logger.warning("job %s attempt %d failed, retry in %.0f s: %s", job_id, attempts, delay, reason)
                 return "queued"
@@ -284,11 +306,38 @@ class JobQueue:
             job_id,
             owner,
             "update jobs set state = 'queued', lease_owner = '', lease_expires = 0,"
-            " attempts = max(0, attempts - 1), reason = ?",
-            (reason,),
+            " attempts = max(0, attempts - 1), reason = ?, queued_at = ?",
+            (reason, self.clock()),
         )
         if done:
             logger.info("job %s released back to the queue", job_id)
+        return done
+
+    def preempt(self, job_id: str, owner: str, reason: str) -> bool:
+        """The job yielded its slot to more urgent work: back to the queue ahead of its peers, attempt not counted."""
+        done = self._owned_update(
+            job_id,
+            owner,
+            "update jobs set state = 'queued', lease_owner = '', lease_expires = 0,"
+            " attempts = max(0, attempts - 1), preemptions = coalesce(preemptions, 0) + 1, reason = ?, queued_at = ?",
+            (reason, self.clock()),
+        )
+        if done:
+            logger.info("job %s preempted, back to the queue", job_id)
+        return done
+
+    def defer(self, job_id: str, owner: str, reason: str, delay: float) -> bool:
+        """Back to the queue for at least ``delay`` seconds without counting the attempt (engine unavailable)."""
+        now = self.clock()
+        done = self._owned_update(
+            job_id,
+            owner,
+            "update jobs set state = 'queued', lease_owner = '', lease_expires = ?,"
+            " attempts = max(0, attempts - 1), reason = ?, queued_at = ?",
+            (now + max(0.0, delay), reason, now),
+        )
+        if done:
+            logger.warning("job %s deferred for %.0f s: %s", job_id, delay, reason)
         return done
 
     # ------------------------------------------------------------------ reading
@@ -310,6 +359,15 @@ class JobQueue:
     def exists(self, job_id: str) -> bool:
         return bool(self.store.query("select 1 from jobs where id = ?", (job_id,)))
 
+    def ready(self, limit: int = 50) -> list[Job]:
+        """Queued jobs that may be leased now, in lease order (what the scheduler places next)."""
+        rows = self.store.query(
+            f"select * from jobs where state = 'queued' and coalesce(lease_expires, 0) <= ? order by {LEASE_ORDER}"
+            " limit ?",
+            (self.clock(), limit),
+        )
+        return [Job.from_row(row) for row in rows]
+
     def depth(self) -> int:
         """How many jobs wait in the queue."""
         return int(self.store.query("select count(*) as n from jobs where state = 'queued'")[0]["n"])
@@ -324,6 +382,7 @@ class JobQueue:
         rows = self.store.query(
             f"select * from jobs {where} order by case state when 'running' then 0 when 'queued' then 1 else 2 end,"
             " case when state = 'queued' then priority else 0 end,"
+            " case when state = 'queued' and coalesce(preemptions, 0) > 0 then 0 else 1 end,"
             " case when state in ('running', 'queued') then created_at else -finished_at end limit ?",
             (*params, limit),
         )

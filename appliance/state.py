@@ -131,6 +131,29 @@ def _scanned_headers_and_series_failures(db: sqlite_utils.Database) -> None:
     db.table("series").add_column("reason", str)
 
 
+@migration(3)
+def _scheduling(db: sqlite_utils.Database) -> None:
+    """The scheduler (issue 21): preemption bookkeeping per job, one row per device slot for the dashboard."""
+    jobs = db.table("jobs")
+    jobs.add_column("preemptions", int, not_null_default=0)  # times the job yielded its slot to urgent work
+    jobs.add_column("queued_at", float, not_null_default=0)  # when it last went back to the queue
+    jobs.add_column("yielded_seconds", float, not_null_default=0)  # time spent queued after yielding
+    db.table("slots").create(
+        {
+            "name": str,  # slot0, slot1, ... in configuration order
+            "device": str,  # cpu | cuda:N | remote
+            "job_id": str,  # the running job, '' when idle
+            "busy_since": float,  # 0 when idle
+            "busy_seconds": float,  # finished busy time since up_since
+            "up_since": float,
+            "jobs_run": int,
+            "preemptions": int,
+            "resumes": int,
+        },
+        pk="name",
+    )
+
+
 class StateStore:
     """The appliance's SQLite state, safe to share between threads.
 

@@ -1,49 +1,68 @@
-"""The inference worker: one thread that owns the accelerator and runs jobs to completion.
+"""The inference worker of one device slot: leases a job, runs it on the slot's engines, reports it.
 
-It leases the next job from :class:`~appliance.jobs.JobQueue`, keeps the lease
-alive with a heartbeat thread, runs the job's pipeline (a callable from the
-pipeline registry), hands the :class:`~appliance.findings.StudyResult` to the
-report callable, queues each written file for every destination, and marks the
-job succeeded. Engine sessions stay loaded between jobs in an
-:class:`EngineCache` (one per task, reloaded when the active version changes).
+A :class:`Worker` thread leases the most urgent job its slot can run from
+:class:`~appliance.jobs.JobQueue`, keeps the lease alive with a heartbeat
+thread, runs the job's pipeline (a callable from the pipeline registry), hands
+the :class:`~appliance.findings.StudyResult` to the report callable, queues
+each written file for every destination, and marks the job succeeded. Engine
+sessions stay loaded between jobs in the slot's own
+:class:`~appliance.engine_cache.EngineCache`. :mod:`appliance.scheduler` runs
+one worker per device slot and decides preemption.
 
 Failures: :class:`~appliance.errors.JobFailed`, ``StudyIncomplete`` and
-``ReportError`` are permanent (the job fails with the message as reason); any
-other exception is transient and retried up to ``worker.max_attempts``. A job
-interrupted by :meth:`Worker.stop` is released back to the queue, and so is one
-whose engine is unreachable (``engines.errors.EngineUnavailable``, also when a
-pipeline wrapped it), without counting the attempt.
+``ReportError`` are permanent (the job fails with the message as reason);
+``engines.errors.EngineUnavailable`` puts the job back in the queue after a
+delay without counting an attempt; any other exception is transient and
+retried up to ``worker.max_attempts``. A job interrupted by :meth:`Worker.stop`
+or a lost lease is released back to the queue; one asked to yield
+(:meth:`Worker.request_yield`) stops at its next batch boundary
+(:class:`JobPreempted`) and goes back ahead of its peers. A pipeline keeps its
+checkpoints in ``job.work_dir`` (``<data_dir>/work/<job id>``), removed when the
+job succeeds or fails for good.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import logging
 import os
+import re
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.config import Config
-from appliance.errors import ApplianceError, JobFailed, ReportError, StudyIncomplete
+from appliance.engine_cache import EngineCache, EngineSource
+from appliance.errors import JobFailed, ReportError, StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.jobs import Job, JobQueue
+from appliance.lease import JobInterrupted, JobLease, JobPreempted, orphaned_lease
 from appliance.state import StateStore
 from engines.errors import EngineUnavailable
+
+if TYPE_CHECKING:
+    from appliance.scheduler import Scheduler
 
 __all__ = [
     "DeliverFn",
     "EngineCache",
     "EngineSource",
     "JobInterrupted",
+    "JobPreempted",
+    "PIPELINE_TASKS",
     "PipelineFn",
     "ProgressFn",
     "ReportFn",
+    "SlotMonitor",
     "Worker",
+    "job_work_dir",
+    "orphaned_lease",
     "summarize",
     "worker_component",
 ]
@@ -59,69 +78,30 @@ ReportFn = Callable[[StudyResult, Job], Sequence[Path]]
 #: delivery: ``(job, files) -> number of delivery rows queued``
 DeliverFn = Callable[[Job, Sequence[Path]], int]
 
+#: pipeline -> the engine tasks it runs (the scheduler places a job where these engines can run)
+PIPELINE_TASKS: dict[str, tuple[str, ...]] = {
+    "pathology": ("pathology_tile", "pathology_slide"),
+    "breast_mri": ("breast_mri",),
+}
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (JobFailed, StudyIncomplete, ReportError)
-PROGRESS_INTERVAL_SECONDS = 0.5
-#: how long the worker waits before leasing again after a job went back because its engine is unreachable
-ENGINE_RETRY_SECONDS = 5.0
+#: how long a job waits in the queue when its engine cannot be reached (not a failed attempt)
+ENGINE_UNAVAILABLE_DELAY_SECONDS = 15.0
+_WORK_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class JobInterrupted(ApplianceError):
-    """The worker is stopping or lost its lease: the job goes back to the queue."""
+class SlotMonitor(Protocol):
+    """Told when a slot's job starts and ends (the dashboard's slot board)."""
+
+    def job_started(self, slot: str, job: Job) -> None: ...
+
+    def job_ended(self, slot: str, job: Job, outcome: str | None) -> None: ...
 
 
-class EngineSource(Protocol):
-    """What the cache needs from ``engines.registry.Registry``."""
-
-    def active_versions(self) -> dict[str, str]: ...
-
-    def load_active(self, task: str, cpu_threads: int = 0) -> Any: ...
-
-
-class EngineCache:
-    """Loaded engine sessions, one per task, kept between jobs; reloaded when the active version changes."""
-
-    def __init__(self, source: EngineSource, cpu_threads: int = 0) -> None:
-        self.source = source
-        self.cpu_threads = cpu_threads
-        self._engines: dict[str, tuple[str, Any]] = {}
-        self._lock = threading.Lock()
-        self.loads = 0  #: how many sessions were loaded (for tests and the dashboard)
-
-    def get(self, task: str) -> Any:
-        """The engine of the active version of ``task``, loading it only when that version is not loaded."""
-        active = self.source.active_versions().get(task)
-        with self._lock:
-            cached = self._engines.get(task)
-            if cached is not None and cached[0] == active:
-                return cached[1]
-            if cached is not None:
-                logger.info("engine %s: active version changed from %s to %s, reloading", task, cached[0], active)
-                _close(cached[1])
-                del self._engines[task]
-            engine = self.source.load_active(task, cpu_threads=self.cpu_threads)
-            version = str(getattr(getattr(engine, "manifest", None), "version", active))
-            self._engines[task] = (version, engine)
-            self.loads += 1
-            logger.info("engine %s %s loaded", task, version)
-            return engine
-
-    def loaded(self) -> dict[str, str]:
-        """Task -> version of the sessions held now."""
-        with self._lock:
-            return {task: version for task, (version, _) in self._engines.items()}
-
-    def close(self) -> None:
-        with self._lock:
-            for _, engine in self._engines.values():
-                _close(engine)
-            self._engines.clear()
-
-
-def _close(engine: Any) -> None:
-    try:
-        engine.close()
-    except Exception:  # closing must never stop the worker
-        logger.exception("closing an engine failed")
+def job_work_dir(data_dir: Path, job_id: str) -> Path:
+    """Where a job keeps its checkpoints (e.g. the slide's tile embeddings): ``<data_dir>/work/<job id>``."""
+    if not _WORK_NAME.match(job_id):
+        raise ValueError(f"job id {job_id!r} cannot name a work directory; expected 1-64 of A-Z a-z 0-9 _ -")
+    return Path(data_dir) / "work" / job_id
 
 
 def summarize(result: StudyResult, files: Sequence[Path], deliveries: int, seconds: dict[str, float]) -> dict[str, Any]:
@@ -149,53 +129,13 @@ def summarize(result: StudyResult, files: Sequence[Path], deliveries: int, secon
     }
 
 
-class _Lease:
-    """The running job's lease: a heartbeat thread plus throttled progress that can interrupt the job."""
-
-    def __init__(self, queue: JobQueue, job: Job, owner: str, stopping: threading.Event) -> None:
-        self.queue, self.job, self.owner, self.stopping = queue, job, owner, stopping
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._last_progress = 0.0
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id}", daemon=True)
-
-    def __enter__(self) -> _Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        interval = max(0.05, self.queue.lease_seconds / 3)
-        while not self._done.wait(interval):
-            try:
-                if not self.queue.heartbeat(self.job.id, self.owner):
-                    logger.warning("job %s: lease lost", self.job.id)
-                    self.lost.set()
-                    return
-            except Exception:
-                logger.exception("job %s: heartbeat failed", self.job.id)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise JobInterrupted(f"job {self.job.id} lost its lease")
-        if self.stopping.is_set():
-            raise JobInterrupted(f"job {self.job.id} interrupted: the worker is stopping")
-
-    def progress(self, done: int, total: int) -> None:
-        self.check()
-        now = time.monotonic()
-        if done >= total or now - self._last_progress >= PROGRESS_INTERVAL_SECONDS:
-            self._last_progress = now
-            if not self.queue.progress(self.job.id, self.owner, done, total):
-                self.lost.set()
-                self.check()
-
-
 class Worker:
-    """The one inference worker (a service component named ``worker``)."""
+    """The worker of one device slot (alone, a service component named ``worker``).
+
+    ``excludes()`` (default: none) names the pipelines this slot cannot run now (their
+    engines need another kind of device or more memory); the queue hands it the most
+    urgent job of the others. With ``data_dir`` each job gets its ``work_dir`` (:func:`job_work_dir`).
+    """
 
     name = "worker"
     #: issue 13: ``(job, reason)`` for a job failing for a reason in the study (``appliance.reports.unavailable``)
@@ -211,30 +151,46 @@ class Worker:
         engines: EngineCache,
         poll_seconds: float = 0.5,
         owner: str | None = None,
+        *,
+        slot: str = "slot0",
+        excludes: Callable[[], Collection[str]] | None = None,
+        data_dir: Path | None = None,
+        monitor: SlotMonitor | None = None,
+        unavailable_delay: float = ENGINE_UNAVAILABLE_DELAY_SECONDS,
     ) -> None:
         self.store, self.queue, self.engines = store, queue, engines
         self.pipelines = dict(pipelines)
         self.report, self.deliver = report, deliver
         self.poll_seconds = poll_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:worker"
+        self.slot, self.data_dir, self.monitor = slot, data_dir, monitor
+        self.excludes: Callable[[], Collection[str]] = excludes or (lambda: ())
+        self.unavailable_delay = unavailable_delay
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._yield = threading.Event()
         self._thread: threading.Thread | None = None
         self._current: Job | None = None
         self._current_lock = threading.Lock()
-        self.engine_retry_seconds = ENGINE_RETRY_SECONDS
 
     # ------------------------------------------------------------------ component
 
-    def start(self) -> None:
+    def start(self, take_back_orphans: bool = True) -> None:
+        """Start the thread; first take back the leases of dead workers on this host (unless a scheduler did)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        requeued = self.queue.expire_leases(orphaned=self._orphaned)
-        if requeued:
-            logger.warning("%d job(s) of a worker that died went back to the queue", requeued)
+        if take_back_orphans:
+            requeued = self.queue.expire_leases(orphaned=lambda owner: orphaned_lease(owner, self.owner))
+            if requeued:
+                logger.warning("%d job(s) of a worker that died went back to the queue", requeued)
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"inference-{self.slot}", daemon=True)
         self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the running job to stop at its next batch (released to the queue); :meth:`stop` waits for it."""
+        self._stopping.set()
+        self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Interrupt the running job (released to the queue), stop the thread and close the engines."""
@@ -253,28 +209,6 @@ class Worker:
                 self.engines.close()
         self._thread = None
 
-    def _orphaned(self, owner: str) -> bool:
-        """True for a lease of a worker process on this host that no longer runs (killed, crashed).
-
-        Called before this worker leases anything, so a lease in our own name (a PID reused
-        after a container restart) is orphaned too. Other hosts' leases wait for expiry.
-        """
-        parts = owner.rsplit(":", 2)
-        if len(parts) != 3 or parts[2] != "worker" or not parts[1].isdigit():
-            return False
-        host, pid = parts[0], int(parts[1])
-        if host != socket.gethostname():
-            return False
-        if owner == self.owner:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
     def notify(self) -> None:
         """Wake the worker now (a job was queued)."""
         self._wake.set()
@@ -284,8 +218,34 @@ class Worker:
         with self._current_lock:
             return self._current.id if self._current else None
 
+    @property
+    def current(self) -> Job | None:
+        """The running job as leased (priority, preemption record), or None when the slot is free."""
+        with self._current_lock:
+            return self._current
+
+    @property
+    def yielding(self) -> bool:
+        """True while the running job has been asked to yield and has not yet stopped."""
+        return self._yield.is_set()
+
+    def request_yield(self, job_id: str) -> bool:
+        """Ask the running job ``job_id`` to yield at its next batch boundary; False if it is not running here."""
+        with self._current_lock:
+            if self._current is None or self._current.id != job_id:
+                return False
+            self._yield.set()
+        logger.info("job %s on %s asked to yield to more urgent work", job_id, self.slot)
+        return True
+
+    def cancel_yield(self) -> None:
+        """Withdraw a yield request (the urgent job found another slot first)."""
+        if self._yield.is_set():
+            self._yield.clear()
+            logger.info("%s: yield request withdrawn", self.slot)
+
     def _loop(self) -> None:
-        logger.info("worker %s started", self.owner)
+        logger.info("worker %s (%s) started", self.owner, self.slot)
         while not self._stopping.is_set():
             try:
                 job = self.run_once()
@@ -295,7 +255,7 @@ class Worker:
             if job is None:
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
-        logger.info("worker %s stopped", self.owner)
+        logger.info("worker %s (%s) stopped", self.owner, self.slot)
 
     # ------------------------------------------------------------------ one job
 
@@ -303,21 +263,31 @@ class Worker:
         """Lease and process one job; return it (as leased), or None when the queue has nothing ready."""
         if self._stopping.is_set():
             return None
-        job = self.queue.lease(self.owner)
+        job = self.queue.lease(self.owner, self.excludes())
         if job is None:
             return None
+        if self.data_dir is not None and _WORK_NAME.match(job.id):
+            job = dataclasses.replace(job, work_dir=job_work_dir(self.data_dir, job.id))
         with self._current_lock:
             self._current = job
+            self._yield.clear()
+        if self.monitor is not None:
+            self.monitor.job_started(self.slot, job)
+        outcome = None
         try:
-            self._process(job)
+            outcome = self._process(job)
         finally:
             with self._current_lock:
                 self._current = None
+                self._yield.clear()
+            if self.monitor is not None:
+                self.monitor.job_ended(self.slot, job, outcome)
         return job
 
-    def _process(self, job: Job) -> None:
+    def _process(self, job: Job) -> str | None:
+        """Run one leased job; return ``"preempted"`` when it yielded its slot, else None."""
         times: dict[str, float] = {}
-        with _Lease(self.queue, job, self.owner, self._stopping) as lease:
+        with JobLease(self.queue, job, self.owner, self._stopping, self._yield) as lease:
             try:
                 pipeline = self.pipelines.get(job.pipeline)
                 if pipeline is None:
@@ -332,38 +302,47 @@ class Worker:
                 times["report"] = time.monotonic() - t1
                 deliveries = self.deliver(job, files)
                 times["total"] = time.monotonic() - t0
+            except JobPreempted as exc:
+                self.queue.preempt(job.id, self.owner, reason=str(exc))
+                return "preempted"
             except JobInterrupted as exc:
                 self.queue.release(job.id, self.owner, reason=str(exc))
-                return
+                return None
             except PERMANENT_ERRORS as exc:
-                if self._requeue_unavailable(job, exc):
-                    return
+                if self._defer_unavailable(job, exc, lease):
+                    return None
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                 else:
                     if isinstance(exc, StudyIncomplete) and self.on_study_failure is not None:
                         self.on_study_failure(job, str(exc))  # issue 13: PACS learns why there is no result
                     self.queue.fail(job.id, self.owner, str(exc), transient=False)
-                return
+                    _discard_work(job)
+                return None
             except Exception as exc:
-                if self._requeue_unavailable(job, exc):
-                    return
+                if self._defer_unavailable(job, exc, lease):
+                    return None
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
-                    return
+                    return None
                 logger.exception("job %s: %s", job.id, type(exc).__name__)
-                self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True)
-                return
+                if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == "failed":
+                    _discard_work(job)
+                return None
         self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times))
+        _discard_work(job)
+        return None
 
-    def _requeue_unavailable(self, job: Job, exc: BaseException) -> bool:
-        """An unreachable engine is not the study's fault: back to the queue, attempt not counted, then wait."""
+
+    def _defer_unavailable(self, job: Job, exc: BaseException, lease: JobLease) -> bool:
+        """An unreachable engine is not the study's fault: back to the queue after a delay, attempt not counted."""
         unavailable = _engine_unavailable(exc)
         if unavailable is None:
             return False
-        logger.warning("job %s: engine unavailable, back to the queue: %s", job.id, unavailable)
-        self.queue.release(job.id, self.owner, reason=f"waiting for the engine: {unavailable}")
-        self._stopping.wait(self.engine_retry_seconds)
+        if self._stopping.is_set() or lease.lost.is_set():
+            self.queue.release(job.id, self.owner)
+        else:
+            self.queue.defer(job.id, self.owner, f"engine unavailable, waiting: {unavailable}", self.unavailable_delay)
         return True
 
 
@@ -375,6 +354,13 @@ def _engine_unavailable(exc: BaseException) -> EngineUnavailable | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _discard_work(job: Job) -> None:
+    """Remove the job's work directory (its checkpoints) once the job has ended for good."""
+    if job.work_dir is not None and job.work_dir.exists():
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+        logger.info("job %s: work directory removed", job.id)
 
 
 # ---------------------------------------------------------------------- wiring
@@ -428,33 +414,42 @@ def worker_component(
     pipelines: Mapping[str, PipelineFn] | None = None,
     report: ReportFn | None = None,
     deliver: DeliverFn | None = None,
-    engines: EngineCache | None = None,
-) -> Worker:
-    """The worker built from the configuration (``[worker]``, ``[engines]``), for ``appliance.service``.
+    source: EngineSource | None = None,
+) -> Scheduler:
+    """The scheduler with one worker per ``[worker] devices`` slot, for ``appliance.service``.
 
     ``pipelines`` defaults to :data:`PIPELINE_SPECS`; ``report`` and ``deliver`` to
-    :func:`default_report` and :func:`default_deliver`.
+    :func:`default_report` and :func:`default_deliver`; ``source`` (the engines) to the
+    registry under ``data_dir/engines``.
     """
-    if engines is None:
+    from appliance.scheduler import Scheduler
+    from appliance.slots import plan_devices
+
+    if source is None:
         from engines.registry import Registry
 
-        registry = Registry(config.data_dir / "engines", config.trusted_keys_dir, **config.engine_options)
-        engines = EngineCache(registry, cpu_threads=config.engines.cpu_threads)
-    queue = JobQueue(store, config.worker.lease_seconds, config.worker.max_attempts)
-    worker = Worker(
+        source = Registry(config.data_dir / "engines", config.trusted_keys_dir, **config.engine_options)
+    settings = config.worker
+    queue = JobQueue(store, settings.lease_seconds, settings.max_attempts)
+    from appliance.reports.unavailable import unavailable_reporter  # issue 13: failures reported to PACS
+
+    deliver = deliver if deliver is not None else default_deliver(config, store)
+    return Scheduler(
         store,
         queue,
         pipelines if pipelines is not None else {
             name: _Lazy(spec) for name, spec in PIPELINE_SPECS.items()} | {
             "pathology": functools.partial(run_pathology_job, config=config)},
         report if report is not None else default_report(config),
-        deliver if deliver is not None else default_deliver(config, store),
-        engines,
+        deliver,
+        source,
+        plan_devices(settings.devices, config.engines.cpu_threads, settings.device_memory_budget_mb * 2**20),
+        PIPELINE_TASKS,
+        data_dir=config.data_dir,
+        preemption=settings.preemption,
+        max_wait_seconds=settings.max_wait_seconds,
+        on_study_failure=unavailable_reporter(config, store, deliver),
     )
-    from appliance.reports.unavailable import unavailable_reporter  # issue 13: failures reported to PACS
-
-    worker.on_study_failure = unavailable_reporter(config, store, worker.deliver)
-    return worker
 
 
 def default_report(config: Config) -> ReportFn:

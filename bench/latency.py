@@ -1,6 +1,18 @@
 """End-to-end latency of a breast DCE-MRI study: last instance sent -> SR indexed in the PACS.
 
     .venv/bin/python bench/latency.py [--quick] [--rounds R] [--stable-seconds S] [--data-dir DIR]
+    .venv/bin/python bench/latency.py --preemption [--slide-tiles N] [--stable-seconds S] [--data-dir DIR]
+
+``--preemption`` (the scheduler's figure, issue 21): a routine slide of about
+N tissue tiles (default 10,000 so it runs in minutes on 2 cores; the issue's
+size is 100,000) is running when an urgent DCE study (route priority 0)
+completes. Run twice on one CPU slot, in fresh appliances with the same slide,
+with ``[worker] preemption`` off then on; printed: the MRI latency (last
+instance -> SR in the PACS), the MRI job's time, the slide's total time (first
+lease -> finished) and its result in both runs. Goals with preemption: MRI
+latency <= stable + 10 s + one slide batch; the slide's probability and tile
+count identical to the uninterrupted run; its extra time <= the MRI job's time
++ 5 % of the slide's time. See :mod:`bench._preemption`.
 
 Reuses the demo machinery (``appliance.demo``): demo engines (made once under
 ``--data-dir``, default ./var/demo; demo models, not for clinical use), a local
@@ -40,7 +52,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--stable-seconds", type=float, default=3.0)
     parser.add_argument("--data-dir", type=Path, default=Path("./var/demo"))
+    parser.add_argument("--preemption", action="store_true", help="urgent MRI during a routine slide, on and off")
+    parser.add_argument("--slide-tiles", type=int, default=10_000, help="tissue tiles of the slide (--preemption)")
+    parser.add_argument("--slide-at", type=float, default=0.3,
+                        help="share of the slide's tiles done when the MRI study is sent (--preemption)")
     args = parser.parse_args()
+    if args.preemption:
+        from bench._preemption import run_preemption
+
+        return run_preemption(args.data_dir.resolve(), args.slide_tiles, args.stable_seconds, args.slide_at)
     rounds = 2 if args.quick else max(2, args.rounds)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)

@@ -217,15 +217,33 @@ class Registry:
             raise BundleRejected(f"{path} holds {bundle.manifest.key}, not {task}/{version}")
         return bundle
 
-    def load_active(self, task: str, cpu_threads: int = 0) -> Engine:
-        """Verify and load the active engine of ``task``; RuntimeMissing if its runtime is absent."""
+    def active_manifest(self, task: str) -> Manifest | None:
+        """The manifest of the active version of ``task`` as installed (not re-verified: for scheduling only)."""
+        version = self.active_version(task)
+        if version is None:
+            return None
+        try:
+            data = parse_manifest_bytes((self._version_dir(task, version) / MANIFEST_NAME).read_bytes())
+            return Manifest.from_dict(data)
+        except (OSError, EngineError):
+            return None
+
+    def load_active(self, task: str, cpu_threads: int = 0, device: str | None = None) -> Engine:
+        """Verify and load the active engine of ``task``; RuntimeMissing if its runtime is absent.
+
+        ``device`` (``"cpu"``, ``"cuda:N"``) overrides the registry's ``device`` option: the
+        scheduling slot that will run it.
+        """
         version = self.active_version(task)
         if version is None:
             installed = ", ".join(self.versions(task)) or "none"
             raise EngineError(f"no active engine for task {task!r} (installed versions: {installed})")
         bundle = self.verify_installed(task, version)
-        check_compat(bundle.manifest, **self.options)
-        return load_engine(bundle.root, bundle.manifest, cpu_threads=cpu_threads, **self.options)
+        options = dict(self.options)
+        if device is not None:
+            options["device"] = device
+        check_compat(bundle.manifest, **options)
+        return load_engine(bundle.root, bundle.manifest, cpu_threads=cpu_threads, **options)
 
     # ------------------------------------------------------------------ writing
 

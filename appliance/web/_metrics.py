@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from appliance.config import Config
 from appliance.jobs import backpressure
+from appliance.slots import SlotBoard
 from appliance.state import DELIVERY_STATES, JOB_STATES, StateStore
 
 __all__ = ["JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "metrics_registry", "triton_metrics"]
@@ -112,6 +114,7 @@ class StoreCollector(Collector):
                                    (dest.name, state)):
                     deliveries.add_metric([dest.name, state], 0.0)
         yield deliveries
+        yield from _slot_metrics(SlotBoard(store).read())
         failures = CounterMetricFamily("appliance_failures", "Failed jobs and dead deliveries", labels=["kind"])
         failures.add_metric(["job"], float(counts.get("failed", 0)))
         failures.add_metric(
@@ -157,6 +160,29 @@ def triton_metrics() -> Iterator[Metric]:
         requests.add_metric(key, float(s.requests))
         errors.add_metric(key, float(s.errors))
     yield from (healthy, inflight, latency, requests, errors)
+
+
+def _slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each device slot: busy or not, the job it runs, busy fraction, preemptions and resumes."""
+    labels = ["slot", "device"]
+    busy = GaugeMetricFamily("appliance_slot_busy", "1 while the device slot runs a job", labels=labels)
+    running = GaugeMetricFamily("appliance_slot_job", "The job a device slot runs (opaque job id)",
+                                labels=[*labels, "job", "pipeline"])
+    ratio = GaugeMetricFamily("appliance_slot_utilisation_ratio",
+                              "Busy fraction of the device slot since the service started", labels=labels)
+    preempted = CounterMetricFamily("appliance_slot_preemptions", "Jobs that yielded the slot to more urgent work",
+                                    labels=labels)
+    resumed = CounterMetricFamily("appliance_slot_resumes",
+                                  "Jobs the slot resumed after a preemption or an interruption", labels=labels)
+    for row in slots:
+        key = [str(row["name"]), str(row["device"])]
+        busy.add_metric(key, 1.0 if row["busy"] else 0.0)
+        if row["busy"]:
+            running.add_metric([*key, str(row["job_id"]), str(row["pipeline"] or "")], 1.0)
+        ratio.add_metric(key, float(row["utilisation"]))
+        preempted.add_metric(key, float(row["preemptions"]))
+        resumed.add_metric(key, float(row["resumes"]))
+    yield from (busy, running, ratio, preempted, resumed)
 
 
 def metrics_registry(config: Config, store: StateStore) -> CollectorRegistry:

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.config import Config
 from appliance.jobs import JobQueue, backpressure
+from appliance.slots import SlotBoard
 from appliance.state import StateStore
 from appliance.web._guard import (
     CLOSE,
@@ -157,6 +158,7 @@ def create_app(
             )
         _, active, engine_error = engines_view()
         return {
+            "slots": SlotBoard(store).read(),
             "counts": counts,
             "pressure": pressure,
             "health": h,

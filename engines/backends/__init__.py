@@ -20,8 +20,8 @@ __all__ = ["EndpointState", "Engine", "InferenceError", "endpoint_states", "load
 def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options: Any) -> Engine:
     """Load a *verified* bundle directory on the backend its manifest names.
 
-    Options: ``device`` ("auto" | "cpu" | "cuda") for ONNX Runtime; ``triton_endpoints``
-    (the site's pool, else the bundle's ``url``), ``triton_max_inflight`` and
+    Options: ``device`` ("auto" | "cpu" | "cuda" | "cuda:N") for ONNX Runtime and TensorRT;
+    ``triton_endpoints`` (the site's pool, else the bundle's ``url``), ``triton_max_inflight`` and
     ``triton_timeout`` for Triton. Never call this on a bundle whose signature and hashes
     were not verified: a TensorRT plan is executable code.
     """
@@ -33,7 +33,7 @@ def load_engine(root: Path, manifest: Manifest, cpu_threads: int = 0, **options:
     if name == "tensorrt":
         from engines.backends.tensorrt import TensorRTEngine
 
-        return TensorRTEngine(root, manifest)
+        return TensorRTEngine(root, manifest, device=options.get("device", "auto"))
     if name == "triton":
         from engines.backends.triton import TritonEngine
 

@@ -20,7 +20,12 @@ import numpy as np
 from engines.errors import EngineError
 from engines.manifest import Manifest, TensorSpec
 
-__all__ = ["Engine", "InferenceError"]
+__all__ = ["GPU_BACKENDS", "REMOTE_BACKENDS", "Engine", "InferenceError", "cuda_device_id"]
+
+#: backends whose engines run on a remote server, not on a local device (the scheduler's remote slot)
+REMOTE_BACKENDS: frozenset[str] = frozenset({"triton"})
+#: backends that need a CUDA device (they cannot run on a ``cpu`` slot)
+GPU_BACKENDS: frozenset[str] = frozenset({"tensorrt"})
 
 
 class InferenceError(EngineError):
@@ -45,6 +50,16 @@ class Engine(ABC):
     @property
     def backend(self) -> str:
         return self.manifest.backend_name
+
+    @property
+    def remote(self) -> bool:
+        """True when the engine runs on a remote server; the scheduler then runs its jobs on the remote slot."""
+        return self.backend in REMOTE_BACKENDS
+
+    @property
+    def capacity(self) -> int:
+        """How many jobs may use this engine at once (a remote pool reports what its servers can take)."""
+        return 1
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         """Names, dtypes, ranks, fixed dimensions and batch size against the model card."""
@@ -108,6 +123,16 @@ class Engine(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.manifest.key} {self.manifest.precision}>"
+
+
+def cuda_device_id(device: str) -> int:
+    """The CUDA ordinal of a device name: ``"cuda"`` and ``"auto"`` -> 0, ``"cuda:N"`` -> N."""
+    if device in ("cuda", "auto"):
+        return 0
+    head, _, tail = device.partition(":")
+    if head != "cuda" or not tail.isdigit():
+        raise ValueError(f"device {device!r} is not a CUDA device; expected 'cuda' or 'cuda:N'")
+    return int(tail)
 
 
 def _check_shape(key: str, spec: TensorSpec, shape: tuple[int, ...], sizes: dict[str, int]) -> None:

@@ -1,5 +1,10 @@
 """ONNX Runtime backend: CPU execution provider (thread count from configuration), CUDA when present.
 
+``device`` is the scheduling slot's device: ``"cpu"`` (CPU provider only, with
+``cpu_threads`` intra-op threads), ``"cuda:N"`` (CUDA provider on device N,
+an error when ONNX Runtime has no CUDA provider), ``"cuda"`` (device 0) or
+``"auto"`` (CUDA device 0 when available, else the CPU).
+
 Runs fp32, fp16 and explicit-quantization (Q/DQ) int8 ONNX graphs. The model is
 loaded from its path so ONNX external data (``model.onnx.data`` beside it, a
 file the manifest hashes) resolves. The model card's dtypes are the engine's
@@ -10,11 +15,12 @@ float16 I/O), values are cast at the boundary.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
 
-from engines.backends._base import Engine, InferenceError
+from engines.backends._base import Engine, InferenceError, cuda_device_id
 from engines.errors import BundleRejected, RuntimeMissing
 from engines.manifest import Manifest
 
@@ -22,6 +28,7 @@ __all__ = ["OnnxRuntimeEngine", "check_external_data"]
 
 logger = logging.getLogger(__name__)
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _ORT_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -60,8 +67,8 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise RuntimeMissing(f"bundle {manifest.key} requires ONNX Runtime, which is not installed") from None
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device {device!r} must be 'auto', 'cpu' or 'cuda'")
+        if not _DEVICE.match(device):
+            raise ValueError(f"device {device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         check_external_data(self.root, manifest)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(0, int(cpu_threads))
@@ -69,12 +76,15 @@ class OnnxRuntimeEngine(Engine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         available = ort.get_available_providers()
-        providers: list[str] = []
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.append("CUDAExecutionProvider")
-        elif device == "cuda":
-            raise RuntimeMissing(f"CUDA execution provider requested for {manifest.key} but ONNX Runtime has {available}")
+        providers: list[Any] = []
+        if device != "cpu" and "CUDAExecutionProvider" in available:
+            providers.append(("CUDAExecutionProvider", {"device_id": cuda_device_id(device)}))
+        elif device.startswith("cuda"):
+            raise RuntimeMissing(
+                f"device {device!r} requested for {manifest.key} but ONNX Runtime has no CUDA provider ({available})"
+            )
         providers.append("CPUExecutionProvider")
+        self.device = device
         try:
             self.session = ort.InferenceSession(str(self.root / manifest.model_file), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -90,7 +100,8 @@ class OnnxRuntimeEngine(Engine):
                 f"{sorted(graph_outputs)}; the model card lists inputs {sorted(card_in)} and outputs {card_out}"
             )
         self._output_names = card_out
-        logger.info("loaded %s on %s (%d intra-op threads)", manifest.key, ",".join(self.providers), cpu_threads)
+        logger.info("loaded %s on %s, device %s (%d intra-op threads)", manifest.key, ",".join(self.providers), device,
+                    cpu_threads)
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}

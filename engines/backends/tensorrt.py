@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.backends._base import Engine, InferenceError
+from engines.backends._base import Engine, InferenceError, cuda_device_id
 from engines.compat import check_compat
 from engines.errors import BundleRejected, RuntimeMissing
 from engines.manifest import Manifest
@@ -51,8 +51,12 @@ def _volume(shape: tuple[int, ...]) -> int:
 class TensorRTEngine(Engine):
     """A deserialized TensorRT plan with one execution context, one stream and preallocated buffers."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, device: str = "cuda:0") -> None:
+        """Load the plan on CUDA ``device`` (``"cuda:N"``; ``"cuda"`` and ``"auto"`` mean device 0)."""
         super().__init__(root, manifest)
+        if device == "cpu":
+            raise RuntimeMissing(f"bundle {manifest.key} is a TensorRT plan and needs a CUDA device, not 'cpu'")
+        self.device_id = cuda_device_id(device)
         check_compat(manifest)  # refuses before any deserialisation (RuntimeMissing / BundleRejected)
         try:
             import pycuda.driver as cuda
@@ -64,7 +68,10 @@ class TensorRTEngine(Engine):
         if hashlib.sha256(plan).hexdigest() != manifest.files[manifest.model_file]:
             raise BundleRejected(f"bundle {manifest.key}: plan bytes do not match the signed sha256; not deserialized")
         cuda.init()
-        self._ctx = cuda.Device(0).retain_primary_context()
+        if self.device_id >= cuda.Device.count():
+            raise RuntimeMissing(f"bundle {manifest.key}: CUDA device {self.device_id} requested, "
+                                 f"{cuda.Device.count()} present")
+        self._ctx = cuda.Device(self.device_id).retain_primary_context()
         self._ctx.push()
         try:
             self._load(plan)

@@ -103,6 +103,11 @@ class TritonEngine(Engine):
             raise
         self._executor = ThreadPoolExecutor(max_workers=self.pool.capacity, thread_name_prefix="triton")
 
+    @property
+    def capacity(self) -> int:
+        """Jobs that may use the pool at once: one per server (each job keeps ``max_inflight`` batches in flight)."""
+        return len(self.pool.endpoints)
+
     # ------------------------------------------------------------------ endpoints
 
     def _client(self, url: str) -> Any:

@@ -131,6 +131,44 @@ def test_release_does_not_count_the_attempt(queue: JobQueue) -> None:
     assert again is not None and again.attempts == 1
 
 
+def test_preempted_job_goes_back_ahead_of_its_peers(queue: JobQueue, clock: Clock) -> None:
+    first, _ = queue.enqueue("pathology", "1.1", ["1.1.1"], priority=5)
+    clock.advance(1)
+    peer, _ = queue.enqueue("pathology", "1.2", ["1.2.1"], priority=5)
+    assert queue.lease("w").id == first  # type: ignore[union-attr]
+    clock.advance(1)
+    urgent, _ = queue.enqueue("breast_mri", "2.1", ["2.1.1"], priority=0)
+    assert queue.preempt(first, "w", "yielded to urgent work")
+    assert not queue.preempt(first, "w", "twice"), "only the lease holder preempts, once"
+    assert [j.id for j in queue.ready()] == [urgent, first, peer]
+    assert [j.id for j in queue.recent(states=("queued",))] == [urgent, first, peer]
+    assert queue.lease("w").id == urgent  # type: ignore[union-attr]
+    clock.advance(7)
+    again = queue.lease("w")
+    assert again is not None and again.id == first
+    assert again.attempts == 1 and again.preemptions == 1, "a yield is not a failed attempt"
+    assert again.yielded_seconds == pytest.approx(7.0), "the time it spent back in the queue"
+
+
+def test_defer_waits_without_counting_an_attempt(queue: JobQueue, clock: Clock) -> None:
+    ident, _ = queue.enqueue("pathology", "1.2", ["1.2.3"])
+    for _ in range(5):  # more than max_attempts: an unreachable engine never fails the study
+        assert queue.lease("w") is not None
+        assert queue.defer(ident, "w", "engine unavailable", 15.0)
+        assert queue.lease("w") is None, "deferred for 15 s"
+        clock.advance(16)
+    job = queue.get(ident)
+    assert job.state == "queued" and job.attempts == 0 and job.reason == "engine unavailable"
+
+
+def test_lease_passes_over_excluded_pipelines(queue: JobQueue, clock: Clock) -> None:
+    urgent, _ = queue.enqueue("breast_mri", "2.1", ["2.1.1"], priority=0)
+    routine, _ = queue.enqueue("pathology", "1.1", ["1.1.1"], priority=5)
+    assert queue.lease("gpu-slot", exclude={"breast_mri"}).id == routine  # type: ignore[union-attr]
+    assert queue.lease("gpu-slot", exclude={"breast_mri"}) is None
+    assert queue.lease("remote-lane").id == urgent  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("lease_seconds", "attempts", "message"), [(0, 1, "lease_seconds"), (1, 0, "max_attempts")])
 def test_bad_settings_rejected(store: StateStore, lease_seconds: float, attempts: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):

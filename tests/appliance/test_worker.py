@@ -13,7 +13,8 @@ from appliance.errors import JobFailed
 from appliance.findings import EngineIdentity, Finding, SourceImage, StudyResult
 from appliance.jobs import Job, JobQueue
 from appliance.state import StateStore
-from appliance.worker import EngineCache, JobInterrupted, ProgressFn, Worker, summarize
+from appliance.worker import EngineCache, JobInterrupted, JobPreempted, ProgressFn, Worker, summarize
+from engines.errors import EngineUnavailable
 from tests.appliance._spooled import Clock
 
 ENGINE = EngineIdentity("pathology_slide", "1.0.0", "demo slide", "demo", "fp32", "ab" * 32, demo=True)
@@ -44,7 +45,7 @@ class FakeSource:
     def active_versions(self) -> dict[str, str]:
         return dict(self.active)
 
-    def load_active(self, task: str, cpu_threads: int = 0) -> FakeEngine:
+    def load_active(self, task: str, cpu_threads: int = 0, device: str | None = None) -> FakeEngine:
         engine = FakeEngine(self.active[task])
         self.loaded.append(engine)
         return engine
@@ -80,10 +81,10 @@ class Harness:
         self.done.set()
         return len(files)
 
-    def worker(self, owner: str = "w1") -> Worker:
+    def worker(self, owner: str = "w1", data_dir: Path | None = None) -> Worker:
         return Worker(
             self.store, self.queue, {"pathology": self.pipeline}, self.report, self.deliver, self.engines,
-            poll_seconds=0.05, owner=owner,
+            poll_seconds=0.05, owner=owner, data_dir=data_dir,
         )
 
 
@@ -290,3 +291,83 @@ def test_start_takes_back_leases_of_dead_workers_on_this_host(harness: Harness) 
     states = {name: harness.queue.get(f"J{name}").state for name in owners}
     assert states["dead"] in ("queued", "succeeded"), "a killed worker's job is taken back at start"
     assert states["alive"] == "running" and states["remote"] == "running", "live or remote leases wait for expiry"
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_unreachable_engine_defers_the_job_without_counting_attempts(harness: Harness, wrapped: bool) -> None:
+    def unreachable(_progress: ProgressFn) -> None:
+        if not wrapped:
+            raise EngineUnavailable("every Triton endpoint is down")
+        try:
+            raise EngineUnavailable("every Triton endpoint is down")
+        except EngineUnavailable as exc:
+            raise JobFailed("scoring the slide failed") from exc  # a pipeline's wrapping: still not the study's fault
+
+    harness.behaviour = unreachable
+    ident, _ = harness.queue.enqueue("pathology", "1.2", ["1.2.3"])
+    worker = harness.worker()
+    for _ in range(4):  # past max_attempts (3): still waiting, never failed
+        assert worker.run_once() is not None
+        job = harness.queue.get(ident)
+        assert job.state == "queued" and job.attempts == 0
+        assert job.reason == "engine unavailable, waiting: every Triton endpoint is down"
+        assert worker.run_once() is None, "it waits before the next try"
+        harness.queue.clock.advance(16)  # type: ignore[attr-defined]
+    harness.behaviour = None
+    assert worker.run_once() is not None and harness.queue.get(ident).state == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "kept"),
+    [(None, "succeeded", False), (JobFailed("slide has no tissue"), "failed", False),
+     (OSError("disk hiccup"), "queued", True), (JobPreempted("yield"), "queued", True)],
+)
+def test_work_directory_lives_until_the_job_ends_for_good(
+    harness: Harness, data_dir: Path, error: BaseException | None, state: str, kept: bool
+) -> None:
+    seen: list[Path] = []
+
+    def checkpoint(_progress: ProgressFn) -> None:
+        job = harness.queue.get(harness.calls[-1])
+        work = data_dir / "work" / job.id
+        work.mkdir(parents=True)
+        (work / "embeddings.npy").write_bytes(b"x")
+        seen.append(work)
+        if error is not None:
+            raise error
+
+    harness.behaviour = checkpoint
+    ident, _ = harness.queue.enqueue("pathology", "1.2", ["1.2.3"])
+    original = harness.pipeline
+
+    def pipeline(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn) -> StudyResult:
+        assert job.work_dir == data_dir / "work" / ident, "the pipeline gets <data_dir>/work/<job id>"
+        return original(job, store, engines, progress)
+
+    worker = harness.worker(data_dir=data_dir)
+    worker.pipelines["pathology"] = pipeline
+    assert worker.run_once() is not None
+    assert harness.queue.get(ident).state == state
+    assert seen and seen[0].exists() == kept
+
+
+def test_request_yield_stops_the_job_at_its_next_batch_with_work_left(harness: Harness) -> None:
+    worker = harness.worker()
+    asked: list[bool] = []
+
+    def ask(progress: ProgressFn) -> None:
+        job_id = worker.current_job
+        assert job_id is not None
+        assert not worker.request_yield("Jnot-this-one")
+        asked.append(worker.request_yield(job_id))
+        progress(4, 4)  # the last batch: nothing left to save, it is not interrupted there
+
+    harness.behaviour = ask
+    ident, _ = harness.queue.enqueue("pathology", "1.2", ["1.2.3"])
+    assert worker.run_once() is not None
+    assert asked == [True]
+    job = harness.queue.get(ident)
+    assert job.state == "queued" and job.preemptions == 1 and job.attempts == 0
+    assert job.reason == f"job {ident} yielded its slot to more urgent work at 1 of 4"
+    assert (job.progress_done, job.progress_total) == (1, 4), "progress saved at the boundary"
+    assert not worker.yielding, "the request ends with the job"
