@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,8 @@ CalibrationMethodName = Literal["entropy", "percentile", "minmax"]
 
 #: ops whose inputs are quantized (TensorRT: weighted ops and residual adds); their outputs are not
 TENSORRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
+#: a transformer's Q/DQ: the inputs of every MatMul/Gemm (projections and attention); residual stream in float
+TRANSFORMER_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,26 @@ def equal_batches(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, n
 
 
 class _Reader:
-    """A CalibrationDataReader over a list of feed dicts."""
+    """A CalibrationDataReader over a list of feed dicts; ``progress(done, total)`` after each batch handed out."""
 
-    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+    def __init__(
+        self, batches: Sequence[Mapping[str, np.ndarray]], progress: Callable[[int, int], None] | None = None
+    ) -> None:
         self._batches = equal_batches(batches)
         self._iter: Iterator[Mapping[str, np.ndarray]] = iter(self._batches)
+        self._progress = progress
+        self._done = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._iter, None)
+        if batch is not None and self._progress is not None:
+            self._done += 1
+            self._progress(self._done, len(self._batches))
         return None if batch is None else {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in batch.items()}
 
     def rewind(self) -> None:
         self._iter = iter(self._batches)
+        self._done = 0
 
 
 def quantize_int8(
@@ -77,6 +87,7 @@ def quantize_int8(
     out_path: Path,
     calibration: Sequence[Mapping[str, np.ndarray]],
     settings: Int8Settings = Int8Settings(),
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write the Q/DQ int8 model of ``fp32_path`` to ``out_path``; return the files written.
 
@@ -122,7 +133,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(quantized),
-            _Reader(calibration),
+            _Reader(calibration, progress),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(settings.op_types),
             per_channel=True,
@@ -141,4 +152,4 @@ def quantize_int8(
     return files
 
 
-__all__ = ["Int8Settings", "TENSORRT_OP_TYPES", "model_files", "quantize_int8"]
+__all__ = ["Int8Settings", "TENSORRT_OP_TYPES", "TRANSFORMER_OP_TYPES", "model_files", "quantize_int8"]

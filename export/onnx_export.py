@@ -189,3 +189,29 @@ def parity(module: torch.nn.Module, path: Path, sample: Mapping[str, torch.Tenso
             raise ParityError(f"{path.name}: output shape {out.shape} differs from PyTorch {tuple(ref.shape)}")
         worst = max(worst, float(np.max(np.abs(ref.numpy() - out))) if out.size else 0.0)
     return worst
+
+
+def optimize_for_ort_cpu(
+    fp32_path: Path, out_path: Path, num_heads: int, hidden_size: int,
+    sample: Sequence[Mapping[str, np.ndarray]], tolerance: float = PARITY_TOLERANCE,
+) -> list[Path]:
+    """ONNX Runtime's transformer fusions (attention, SkipLayerNorm, BiasGelu) for the CPU bundle, parity-checked.
+
+    The result uses ONNX Runtime's contrib ops, so it is for the ``onnxruntime``
+    backend only; TensorRT builds take the plain fp32 / fp16 / Q/DQ graphs. Raise
+    ParityError when the fused model differs from the plain one by more than ``tolerance``.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(fp32_path), model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    files = save_model(optimized.model, out_path)
+    del optimized
+    worst = 0.0
+    for feed in sample:
+        for a, b in zip(run_onnx(fp32_path, feed), run_onnx(out_path, feed), strict=True):
+            worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+    logger.info("ONNX Runtime transformer fusions %s: max abs difference %.3g", fused, worst)
+    if not worst <= tolerance:
+        raise ParityError(f"{out_path.name}: the fused model differs from the plain one by {worst:.3g}, tolerance {tolerance:.1g}")
+    return files
