@@ -85,9 +85,9 @@ def slide_tiles(
 
 def normalize(tiles: np.ndarray, config: VitConfig) -> np.ndarray:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W], (x / 255 - mean) / std: the model card's normalization."""
-    x = tiles.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    scaled: np.ndarray = tiles.astype(np.float32) / np.float32(255.0)
+    x: np.ndarray = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 @torch.no_grad()
