@@ -139,13 +139,9 @@ def convert_task(
         shutil.rmtree(work_dir)
     fp32_path = work_dir / "fp32" / "model.onnx"
     say("export", f"{spec.task}: torch -> ONNX (dynamo), checker, shape inference, parity")
-    exported = export_onnx(spec.module, spec.sample, spec.output_names, spec.dynamic_axes, fp32_path)
-    if external_data:
-        import onnx
-
-        from export.onnx_export import save_model
-
-        save_model(onnx.load(str(fp32_path)), fp32_path, external_data=True)
+    exported = export_onnx(
+        spec.module, spec.sample, spec.output_names, spec.dynamic_axes, fp32_path, external_data=external_data
+    )
     say("export", f"{spec.task}: parity max |torch - onnx| = {exported.parity_max_abs:.2e}")
     paths: dict[str, Path] = {"fp32": fp32_path}
     qdq: dict[str, int] | None = None

@@ -182,3 +182,17 @@ def test_unknown_preset_named() -> None:
     with pytest.raises(ValueError, match=r"unknown encoder 'vit-x'.*vit-b16"):
         preset("vit-x")
     assert sorted(PRESETS) == ["vit-b16", "vit-g14", "vit-h14-swiglu", "vit-l16", "vit-s16"]
+
+
+def test_large_encoder_export_moves_the_weights_file_instead_of_loading_it(tmp_path: Path) -> None:
+    """The path a > 1.5 GB encoder takes (forced here on a small one): weights stay in model.onnx.data."""
+    from export.onnx_export import model_files
+
+    model = VisionTransformer(preset("vit-s16", depth=1, tile_size=32)).eval()
+    image = torch.randn(2, 3, 32, 32)
+    out = tmp_path / "enc" / "model.onnx"
+    exported = export_onnx(model, {"image": image}, ("embedding",), {"image": {0: "batch"}}, out, external_data=True)
+    assert exported.parity_max_abs <= 1e-4
+    assert [p.name for p in model_files(out)] == ["model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert out.stat().st_size < 100_000 < (out.parent / "model.onnx.data").stat().st_size
