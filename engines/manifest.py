@@ -20,6 +20,8 @@ Fields (all required unless a default is given)::
     model_file    the primary model file (a key of ``files``)
     model_card    {"inputs": [{"name", "shape", "dtype", ...}], "outputs": [...], ...free keys}
                   shape entries are positive ints (fixed) or strings (dynamic, e.g. "N")
+                  pathology_tile cards also state tile_size, mpp, mean, std (input normalization)
+                  and embed_dim; ViT encoders add encoder (preset), embedding_size, readout
     batch_sizes   [min, max] accepted on the first (dynamic) input dimension (default [1, 64])
     golden        {"file": "golden.npz", "atol": 1e-4, "rtol": 1e-3}
                   npz arrays "input.NAME" and "output.NAME"

@@ -159,6 +159,8 @@ def register(app: typer.Typer) -> None:
         bad = sorted(set(tasks) - set(known))
         if bad:
             raise ExportError(f"unknown task(s) {bad}{' with --encoder' if encoder else ''}; known: {list(known)}")
+        if encoder is not None and "pathology_slide" not in tasks:
+            tasks = (*tasks, "pathology_slide")  # the aggregator is trained on this encoder's embeddings: ship it too
         precisions = tuple(p.value for p in precision) if precision else PRECISIONS
         if "fp32" not in precisions:
             precisions = ("fp32", *precisions)  # the gate compares against fp32

@@ -27,8 +27,8 @@ def site_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = _save(_random_state(timm_layout("vit-s16", grid=14, layer_scale=True)), tmp / "uni-like.safetensors", "model.")
     out = tmp / "out"
     result = CliRunner().invoke(app, [
-        "export", "--quick", "--out", str(out), "--encoder", "vit-s16", "--checkpoint", str(ckpt),
-        "--tile-size", "64", "--readout", "cls+mean",
+        "export", "--quick", "--out", str(out), "--task", "pathology_tile", "--encoder", "vit-s16",
+        "--checkpoint", str(ckpt), "--tile-size", "64", "--readout", "cls+mean",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
