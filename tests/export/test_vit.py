@@ -196,3 +196,18 @@ def test_large_encoder_export_moves_the_weights_file_instead_of_loading_it(tmp_p
     assert [p.name for p in model_files(out)] == ["model.onnx", "model.onnx.data"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert out.stat().st_size < 100_000 < (out.parent / "model.onnx.data").stat().st_size
+
+
+def test_demo_vit_trains_from_random_initialization() -> None:
+    """The demo ViT (asked for with ``--encoder vit-s16`` and no checkpoint) learns on synthetic tiles."""
+    from export.train import train_demo_vit
+
+    messages: list[str] = []
+    config = preset("vit-s16", depth=1, tile_size=32)
+    torch.manual_seed(7)  # train_demo_vit seeds torch with its seed before it builds the model
+    before = VisionTransformer(config).state_dict()["blocks.0.attn.qkv.weight"].clone()
+    model = train_demo_vit(config, tiles=32, epochs=2, seed=7, progress=messages.append)
+    torch.use_deterministic_algorithms(False)
+    assert not model.training and len(messages) == 2 and "demo model, not for clinical use" in messages[-1]
+    losses = [float(m.split("loss ")[1].split()[0]) for m in messages]
+    assert all(np.isfinite(losses)) and not torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], before)
