@@ -92,7 +92,7 @@ def build_variants(model: VisionTransformer, work: Path, calibration: np.ndarray
     paths["onnx fp32 fused"] = work / "fused" / "model.onnx"
     optimize_for_ort_cpu(paths["onnx fp32"], paths["onnx fp32 fused"], cfg.num_heads, cfg.embed_dim, feeds[:1])
     paths["onnx fp16"] = work / "fp16" / "model.onnx"
-    convert_fp16(paths["onnx fp32"], paths["onnx fp16"], sample=feeds[:1], residual_fp32=True)
+    convert_fp16(paths["onnx fp32"], paths["onnx fp16"], sample=[{"image": calibration[:4]}], residual_fp32=True)
     paths["int8 Q/DQ (TensorRT)"] = work / "int8" / "model.onnx"
     quantize_int8(paths["onnx fp32"], paths["int8 Q/DQ (TensorRT)"], feeds, Int8Settings(op_types=TRANSFORMER_OP_TYPES))
     paths["int8 dynamic (ORT)"] = _dynamic_int8(paths["onnx fp32"], work / "dynamic" / "model.onnx")

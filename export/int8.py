@@ -70,6 +70,13 @@ class _Reader:
         self._progress = progress
         self._done = 0
 
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """ONNX Runtime's strided calibration: hand out only these batches (then their activations are released)."""
+        self._iter = iter(self._batches[start_index:end_index])
+
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._iter, None)
         if batch is not None and self._progress is not None:
@@ -118,6 +125,9 @@ def quantize_int8(
         "OpTypesToExcludeOutputQuantization": excluded_outputs,
         "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "MatMul": 1},
         "CalibTensorRangeSymmetric": True,
+        # one batch at a time: histograms merge batch by batch instead of holding every batch's activations
+        # (a ViT-L's intermediate tensors are ~250 MB per tile)
+        "CalibStridedMinMax": 1,
     }
     if settings.method == "percentile":
         extra_options["CalibPercentile"] = settings.percentile
