@@ -94,7 +94,8 @@ def build_variants(model: VisionTransformer, work: Path, calibration: np.ndarray
     paths["onnx fp16"] = work / "fp16" / "model.onnx"
     convert_fp16(paths["onnx fp32"], paths["onnx fp16"], sample=[{"image": calibration[:4]}], residual_fp32=True)
     paths["int8 Q/DQ (TensorRT)"] = work / "int8" / "model.onnx"
-    quantize_int8(paths["onnx fp32"], paths["int8 Q/DQ (TensorRT)"], feeds, Int8Settings(op_types=TRANSFORMER_OP_TYPES))
+    settings = Int8Settings(op_types=TRANSFORMER_OP_TYPES, max_batch=4)
+    quantize_int8(paths["onnx fp32"], paths["int8 Q/DQ (TensorRT)"], feeds, settings)
     paths["int8 dynamic (ORT)"] = _dynamic_int8(paths["onnx fp32"], work / "dynamic" / "model.onnx")
     return paths
 

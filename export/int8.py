@@ -41,6 +41,7 @@ class Int8Settings:
     op_types: tuple[str, ...] = TENSORRT_OP_TYPES
     exclude_nodes: tuple[str, ...] = ()  #: node names kept in float (sensitive layers)
     quantize_outputs_of: tuple[str, ...] = ()  #: op types whose outputs also get Q/DQ (none for TensorRT)
+    max_batch: int = 0  #: > 0: calibration batches are cut to this many items (bounds a large model's memory)
 
 
 def equal_batches(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -63,9 +64,15 @@ class _Reader:
     """A CalibrationDataReader over a list of feed dicts; ``progress(done, total)`` after each batch handed out."""
 
     def __init__(
-        self, batches: Sequence[Mapping[str, np.ndarray]], progress: Callable[[int, int], None] | None = None
+        self, batches: Sequence[Mapping[str, np.ndarray]], progress: Callable[[int, int], None] | None = None,
+        max_batch: int = 0,
     ) -> None:
         self._batches = equal_batches(batches)
+        if max_batch > 0:
+            self._batches = [
+                {k: v[i : i + max_batch] for k, v in b.items()}
+                for b in self._batches for i in range(0, len(next(iter(b.values()))), max_batch)
+            ]  # fmt: skip
         self._iter: Iterator[Mapping[str, np.ndarray]] = iter(self._batches)
         self._progress = progress
         self._done = 0
@@ -143,7 +150,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(quantized),
-            _Reader(calibration, progress),
+            _Reader(calibration, progress, settings.max_batch),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(settings.op_types),
             per_channel=True,
