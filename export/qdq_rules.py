@@ -15,7 +15,8 @@ Transformer patterns (``residual_adds=False``: a transformer's residual stream s
 in float, TensorRT fuses the adds into the preceding GEMM's epilogue):
 
 - an attention MatMul (Q @ K^T, softmax @ V: two activations, no constant weight)
-  has both inputs quantized per tensor;
+  has both inputs quantized per tensor, or neither (then TensorRT runs it in
+  fp16/fp32; one quantized input alone is a wasted, precision-losing Q/DQ);
 - LayerNormalization, Softmax and GELU (``Erf`` / ``Gelu`` and ONNX Runtime's fused
   forms) take a float input: a DequantizeLinear in front of them would round the
   tensor to int8 for an op TensorRT runs in float anyway.
@@ -140,10 +141,15 @@ def _is_attention(g: _Graph, node: onnx.NodeProto) -> bool:
 
 def _check_attention(g: _Graph, node: onnx.NodeProto) -> list[str]:
     problems = []
+    if not any(_from_dq(g, name) for name in node.input[:2]):
+        return problems  # kept in float as a whole
     for role, name in zip(("left", "right"), node.input[:2], strict=True):
         dq = _from_dq(g, name)
         if dq is None:
-            problems.append(f"attention MatMul {node.name!r}: {role} input {name!r} is not quantized")
+            problems.append(
+                f"attention MatMul {node.name!r}: {role} input {name!r} is not quantized but the other is "
+                "(quantize both or neither)"
+            )
             continue
         scale = g.array(dq.input[1])
         if scale is not None and scale.size != 1:

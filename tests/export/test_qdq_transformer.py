@@ -76,3 +76,18 @@ def test_dequantized_input_to_layernorm_is_refused(vit_int8: onnx.ModelProto) ->
 def test_saved_graph_checks_from_a_path(vit_int8: onnx.ModelProto, tmp_path: Path) -> None:
     onnx.save(vit_int8, str(tmp_path / "m.onnx"))
     assert check_qdq_model(tmp_path / "m.onnx", residual_adds=False).attention_matmuls == 2
+
+
+def test_attention_values_kept_float_pass_the_rules(tmp_path: Path) -> None:
+    """``float_attention_values``: softmax @ V stays float as a whole (both inputs), which TensorRT accepts."""
+    torch.manual_seed(0)
+    model = VisionTransformer(preset("vit-s16", depth=1, tile_size=32))
+    export_onnx(model, {"image": torch.randn(2, 3, 32, 32)}, ("embedding",), {"image": {0: "batch"}}, tmp_path / "f.onnx")
+    feeds = [{"image": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}]
+    settings = Int8Settings(op_types=TRANSFORMER_OP_TYPES, float_attention_values=True)
+    quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, settings)
+    model_q = onnx.load(str(tmp_path / "q.onnx"))
+    producer = {o: n.op_type for n in model_q.graph.node for o in n.output}
+    values = [n for n in model_q.graph.node if n.op_type == "MatMul" and producer.get(n.input[0]) == "Softmax"]
+    assert len(values) == 1 and producer[values[0].input[1]] != "DequantizeLinear"
+    assert check_qdq_model(model_q, residual_adds=False).attention_matmuls == 2
