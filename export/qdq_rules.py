@@ -140,7 +140,7 @@ def _is_attention(g: _Graph, node: onnx.NodeProto) -> bool:
 
 
 def _check_attention(g: _Graph, node: onnx.NodeProto) -> list[str]:
-    problems = []
+    problems: list[str] = []
     if not any(_from_dq(g, name) for name in node.input[:2]):
         return problems  # kept in float as a whole
     for role, name in zip(("left", "right"), node.input[:2], strict=True):
