@@ -27,6 +27,8 @@ Fields (all required unless a default is given)::
                   optional "bag_pooling": {"attention_logits": OUTPUT, "tile_values": OUTPUT,
                   "head": "sigmoid" | "identity"}: an attention-pooled aggregator whose bag is
                   scored in chunks (score = head(sum softmax(logits) * values) over the whole bag)
+                  pathology_tile cards also state tile_size, mpp, mean, std (input normalization)
+                  and embed_dim; ViT encoders add encoder (preset), embedding_size, readout
     batch_sizes   [min, max] accepted on the first (dynamic) input dimension (default [1, 64])
     golden        {"file": "golden.npz", "atol": 1e-4, "rtol": 1e-3}
                   npz arrays "input.NAME" and "output.NAME"

@@ -6,6 +6,6 @@ submodules are imported explicitly (``from export.pipeline import ...``) so that
 """
 
 __all__: list[str] = [
-    "demo", "errors", "fp16", "gate", "int8", "models", "onnx_export", "pipeline", "qdq_rules",
+    "checkpoint", "demo", "encoder", "errors", "fp16", "gate", "int8", "models", "onnx_export", "pipeline", "qdq_rules",
     "tensorrt_build", "train", "triton_repo",
 ]

@@ -38,11 +38,14 @@ def convert_fp16(
     out_path: Path,
     sample: Sequence[Mapping[str, np.ndarray]] = (),
     keep_fp32: Sequence[str] = (),
+    residual_fp32: bool = False,
 ) -> list[Path]:
     """Write the mixed-precision model of ``fp32_path`` to ``out_path``; return the files written.
 
     ``sample`` feeds (optional) measure activation ranges; nodes named in
     ``keep_fp32`` and nodes whose outputs exceed :data:`FP16_LIMIT` stay fp32.
+    ``residual_fp32`` keeps every Add of two activations (a transformer's residual
+    stream, which accumulates over the depth) in fp32 as well.
     """
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)), data_prop=True)
     graph = model.graph
@@ -50,11 +53,17 @@ def convert_fp16(
     large = _large_outputs(fp32_path, model, sample, float_names) if sample else set()
     init = {t.name: t for t in graph.initializer}
     nodes = list(graph.node)
+    constants = set(init) | {n.output[0] for n in nodes if n.op_type == "Constant"}
+    residual = {
+        index for index, n in enumerate(nodes)
+        if residual_fp32 and n.op_type == "Add" and not any(i in constants for i in n.input)
+    }  # fmt: skip
     fp16_nodes = {
         index
         for index, n in enumerate(nodes)
         if n.op_type in FP16_OPS
         and n.name not in keep_fp32
+        and index not in residual
         and not (set(n.output) & large)
         and not any(_too_large(init[i]) for i in n.input if i in init and i in float_names)
     }

@@ -85,6 +85,24 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = 
     return model_files(path)
 
 
+def _move_external(raw: Path, data: Path, path: Path) -> None:
+    """Point ``raw``'s external tensors at ``<path>.data`` and move both files there (data first, fsync'd)."""
+    model = onnx.load(str(raw), load_external_data=False)
+    target = path.name + ".data"
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = target
+    graph = raw.with_name("graph.onnx")
+    onnx.save_model(model, str(graph))
+    for file in (data, graph):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    os.replace(data, path.parent / target)
+    os.replace(graph, path)
+
+
 def check_and_infer(path: Path) -> onnx.ModelProto:
     """Run ``onnx.checker`` (by path, so external data is resolved) and strict shape inference."""
     try:
@@ -103,12 +121,16 @@ def export_onnx(
     path: Path,
     opset: int = 18,
     tolerance: float = PARITY_TOLERANCE,
+    external_data: bool | None = None,
 ) -> ExportedModel:
     """Export ``module`` (eval mode) with ``torch.onnx.export(..., dynamo=True)`` and check it.
 
     ``dynamic_axes`` maps an input name to {axis: dimension name}; the same name on
     several inputs is one shared dimension. Parity is measured on ``sample`` and on a
     second batch size, so a dimension the exporter specialized is caught.
+    ``external_data`` (default: when the weights pass 1.5 GB) keeps the weights in
+    ``model.onnx.data``: the exporter's data file is moved, never loaded, so a large
+    encoder's weights are not held a second time beside the PyTorch module.
     """
     module = module.eval()
     names = list(sample)
@@ -141,8 +163,14 @@ def export_onnx(
         if program is None:
             raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
         program.save(str(raw), external_data=True)  # the exporter's default: weights in raw.onnx.data
-        model = onnx.load(str(raw))  # loads the external data
-    save_model(model, path)
+        del program
+        data = raw.with_name(raw.name + ".data")
+        if external_data is None:
+            external_data = data.exists() and data.stat().st_size > 1_500_000_000
+        if external_data and data.exists():
+            _move_external(raw, data, path)
+        else:
+            save_model(onnx.load(str(raw)), path)  # loads the external data into the one .onnx file
     inferred = check_and_infer(path)
     del inferred
     worst = max(
@@ -189,3 +217,29 @@ def parity(module: torch.nn.Module, path: Path, sample: Mapping[str, torch.Tenso
             raise ParityError(f"{path.name}: output shape {out.shape} differs from PyTorch {tuple(ref.shape)}")
         worst = max(worst, float(np.max(np.abs(ref.numpy() - out))) if out.size else 0.0)
     return worst
+
+
+def optimize_for_ort_cpu(
+    fp32_path: Path, out_path: Path, num_heads: int, hidden_size: int,
+    sample: Sequence[Mapping[str, np.ndarray]], tolerance: float = PARITY_TOLERANCE,
+) -> list[Path]:
+    """ONNX Runtime's transformer fusions (attention, SkipLayerNorm, BiasGelu) for the CPU bundle, parity-checked.
+
+    The result uses ONNX Runtime's contrib ops, so it is for the ``onnxruntime``
+    backend only; TensorRT builds take the plain fp32 / fp16 / Q/DQ graphs. Raise
+    ParityError when the fused model differs from the plain one by more than ``tolerance``.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(fp32_path), model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    files = save_model(optimized.model, out_path)
+    del optimized
+    worst = 0.0
+    for feed in sample:
+        for a, b in zip(run_onnx(fp32_path, feed), run_onnx(out_path, feed), strict=True):
+            worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+    logger.info("ONNX Runtime transformer fusions %s: max abs difference %.3g", fused, worst)
+    if not worst <= tolerance:
+        raise ParityError(f"{out_path.name}: the fused model differs from the plain one by {worst:.3g}, tolerance {tolerance:.1g}")
+    return files

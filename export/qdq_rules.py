@@ -10,6 +10,16 @@ TensorRT cannot be installed here, so the rules are checked on the ONNX graph:
   inputs of every residual Add come from a DequantizeLinear;
 - biases are not quantized, and the output of a weighted op is not quantized
   unless it feeds a residual Add directly.
+
+Transformer patterns (``residual_adds=False``: a transformer's residual stream stays
+in float, TensorRT fuses the adds into the preceding GEMM's epilogue):
+
+- an attention MatMul (Q @ K^T, softmax @ V: two activations, no constant weight)
+  has both inputs quantized per tensor, or neither (then TensorRT runs it in
+  fp16/fp32; one quantized input alone is a wasted, precision-losing Q/DQ);
+- LayerNormalization, Softmax and GELU (``Erf`` / ``Gelu`` and ONNX Runtime's fused
+  forms) take a float input: a DequantizeLinear in front of them would round the
+  tensor to int8 for an op TensorRT runs in float anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ from onnx import numpy_helper
 from export.errors import QdqRuleError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+#: ops TensorRT runs in float: their input must not come straight from a DequantizeLinear
+FLOAT_ONLY_OPS = (
+    "LayerNormalization", "Softmax", "Erf", "Gelu", "SkipLayerNormalization", "BiasGelu", "FastGelu",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,8 @@ class QdqSummary:
     dequantize_nodes: int
     weighted_ops: int
     residual_adds: int
+    attention_matmuls: int = 0
+    float_only_ops: int = 0
 
 
 class _Graph:
@@ -73,8 +89,12 @@ def weight_axis(node: onnx.NodeProto) -> int:
     return 1  # MatMul: [K, N]
 
 
-def check_qdq_model(model: onnx.ModelProto | Path) -> QdqSummary:
-    """Raise QdqRuleError listing every rule the graph breaks; return a summary when it passes."""
+def check_qdq_model(model: onnx.ModelProto | Path, residual_adds: bool = True) -> QdqSummary:
+    """Raise QdqRuleError listing every rule the graph breaks; return a summary when it passes.
+
+    ``residual_adds`` requires both inputs of residual Adds quantized (CNNs); a
+    transformer's residual stream stays float (``False``).
+    """
     if isinstance(model, Path):
         model = onnx.load(str(model))
     g = _Graph(model)
@@ -84,10 +104,20 @@ def check_qdq_model(model: onnx.ModelProto | Path) -> QdqSummary:
         raise QdqRuleError(f"graph {g.graph.name!r} has no QuantizeLinear/DequantizeLinear nodes: not a Q/DQ model")
     for node in q_nodes:
         problems.extend(_check_scale_zero_point(g, node))
-    weighted = [n for n in g.graph.node if n.op_type in WEIGHTED_OPS]
+    weighted = [n for n in g.graph.node if n.op_type in WEIGHTED_OPS and not _is_attention(g, n)]
     for node in weighted:
         problems.extend(_check_weighted(g, node))
-    adds = [n for n in g.graph.node if n.op_type == "Add" and _is_residual(g, n)]
+    attention = [n for n in g.graph.node if n.op_type == "MatMul" and _is_attention(g, n)]
+    for node in attention:
+        problems.extend(_check_attention(g, node))
+    float_only = [n for n in g.graph.node if n.op_type in FLOAT_ONLY_OPS]
+    for node in float_only:
+        if node.input and _from_dq(g, node.input[0]) is not None:
+            problems.append(
+                f"{node.op_type} {node.name!r}: input {node.input[0]!r} is dequantized; TensorRT runs it in float, "
+                "so quantizing its input only loses precision"
+            )
+    adds = [n for n in g.graph.node if n.op_type == "Add" and _is_residual(g, n)] if residual_adds else []
     for node in adds:
         for name in node.input:
             if not _from_dq(g, name):
@@ -99,7 +129,32 @@ def check_qdq_model(model: onnx.ModelProto | Path) -> QdqSummary:
         dequantize_nodes=sum(n.op_type == "DequantizeLinear" for n in q_nodes),
         weighted_ops=len(weighted),
         residual_adds=len(adds),
+        attention_matmuls=len(attention),
+        float_only_ops=len(float_only),
     )
+
+
+def _is_attention(g: _Graph, node: onnx.NodeProto) -> bool:
+    """A MatMul of two activations (Q @ K^T or probabilities @ V): neither input is a constant weight."""
+    return node.op_type == "MatMul" and not any(g.is_constant(_through_dq(g, name)) for name in node.input[:2])
+
+
+def _check_attention(g: _Graph, node: onnx.NodeProto) -> list[str]:
+    problems: list[str] = []
+    if not any(_from_dq(g, name) for name in node.input[:2]):
+        return problems  # kept in float as a whole
+    for role, name in zip(("left", "right"), node.input[:2], strict=True):
+        dq = _from_dq(g, name)
+        if dq is None:
+            problems.append(
+                f"attention MatMul {node.name!r}: {role} input {name!r} is not quantized but the other is "
+                "(quantize both or neither)"
+            )
+            continue
+        scale = g.array(dq.input[1])
+        if scale is not None and scale.size != 1:
+            problems.append(f"attention MatMul {node.name!r}: {role} input {name!r} must be quantized per tensor")
+    return problems
 
 
 def _check_scale_zero_point(g: _Graph, node: onnx.NodeProto) -> list[str]:

@@ -29,6 +29,7 @@ from export.errors import TrainingDataMissing
 from export.models.dce4d import DceConfig, DceNet, clinical_vector
 from export.models.mil import GatedAttentionMIL, MilConfig
 from export.models.tile import H_AND_E_MEAN, H_AND_E_STD, TileConfig, TileEncoder, TileProbe
+from export.models.vit import VisionTransformer, VitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,17 @@ def make_bags(
 
 
 def _train_mil(sizes: DemoSizes, bags: list[np.ndarray], labels: np.ndarray, rng: np.random.Generator, say: Progress) -> GatedAttentionMIL:
-    model = GatedAttentionMIL(sizes.mil)
+    return train_mil(sizes.mil, bags, labels, sizes.bag_epochs, rng, say)
+
+
+def train_mil(
+    config: MilConfig, bags: list[np.ndarray], labels: np.ndarray, epochs: int, rng: np.random.Generator, say: Progress
+) -> GatedAttentionMIL:
+    """The gated-attention aggregator trained on bags of (frozen) tile embeddings, one bag per slide."""
+    model = GatedAttentionMIL(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = nn.BCELoss()
-    for epoch in range(sizes.bag_epochs):
+    for epoch in range(epochs):
         model.train()
         total = 0.0
         for i in rng.permutation(len(bags)):
@@ -195,8 +203,35 @@ def _train_mil(sizes: DemoSizes, bags: list[np.ndarray], labels: np.ndarray, rng
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
-        say(f"slide aggregator epoch {epoch + 1}/{sizes.bag_epochs}: loss {total / len(bags):.4f}")
+        say(f"slide aggregator epoch {epoch + 1}/{epochs}: loss {total / len(bags):.4f}")
     return model.eval()
+
+
+def train_demo_vit(
+    config: VitConfig, tiles: int = 768, epochs: int = 2, seed: int = 2026, progress: Progress | None = None
+) -> VisionTransformer:
+    """A small random-initialized ViT (demo, e.g. ViT-S/16) trained with a linear tumour probe on synthetic tiles."""
+    say: Progress = progress or (lambda message: logger.info("%s", message))
+    seed_everything(seed)
+    rng = np.random.default_rng([seed, 21])
+    images, labels = render_tiles(rng, tiles, config.tile_size)
+    x = (images.astype(np.float32) / np.float32(255.0) - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels).float()
+    encoder, probe = VisionTransformer(config), TileProbe(config.output_dim)
+    optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(probe.parameters()), lr=5e-4, weight_decay=0.05)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(epochs):
+        encoder.train()
+        total = 0.0
+        for idx in _batches(len(xt), 32, rng):
+            optimizer.zero_grad()
+            loss = loss_fn(probe(encoder(xt[idx])), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        say(f"{config.name} epoch {epoch + 1}/{epochs}: loss {total / len(xt):.4f} ({DEMO_NOTICE})")
+    return encoder.eval()
 
 
 def _train_dce(sizes: DemoSizes, rng: np.random.Generator, say: Progress) -> tuple[DceNet, tuple[np.ndarray, np.ndarray]]:

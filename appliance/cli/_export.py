@@ -8,15 +8,15 @@ signing, install) and the command ends with a table precision x metrics x throug
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance.cli._options import ConfigOption, config_from
@@ -35,24 +35,50 @@ class Calibration(str, Enum):
     percentile = "percentile"
 
 
+class Encoder(str, Enum):
+    vit_s16 = "vit-s16"
+    vit_b16 = "vit-b16"
+    vit_l16 = "vit-l16"
+    vit_h14_swiglu = "vit-h14-swiglu"
+    vit_g14 = "vit-g14"
+
+
+class Readout(str, Enum):
+    cls = "cls"
+    cls_mean = "cls+mean"
+
+
+class _Reporter:
+    """``say(stage, message)`` logs a line; ``count(stage, done, total)`` moves a progress bar per stage."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.current = bar.add_task("starting", total=None)
+        self.bars: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, message: str) -> None:
+        self.bar.update(self.current, description=f"{stage}: {message}")
+        self.bar.console.log(f"[cyan]{stage}[/cyan] {message}")
+
+    def count(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.bars:
+            self.bars[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.bars[stage], completed=done, total=total)
+
+
 @contextmanager
-def _progress(console: Console) -> Iterator[Callable[[str, str], None]]:
+def _progress(console: Console) -> Iterator[_Reporter]:
     import logging
 
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "export", "engines"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the progress lines say it once
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        current = bar.add_task("starting", total=None)
-
-        def say(stage: str, message: str) -> None:
-            bar.update(current, description=f"{stage}: {message}")
-            bar.console.log(f"[cyan]{stage}[/cyan] {message}")
-
-        yield say
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        yield _Reporter(bar)
 
 
 def _results_table(bundles: dict[str, dict[str, Path]]) -> Table:
-    table = Table("task", "precision", "AUC", "agree", "max|dp|", "items/s", "gate",
+    table = Table("task", "precision", "AUC", "agree", "max|dp|", "cos mean", "items/s", "gate",
                   title="precision x metrics x throughput (held-out set, ONNX Runtime CPU)")
     for task, by_precision in bundles.items():
         for precision, path in by_precision.items():
@@ -61,10 +87,38 @@ def _results_table(bundles: dict[str, dict[str, Path]]) -> Table:
             speed = manifest.get("metrics", {}).get("heldout_items_per_second_cpu", 0.0)
             table.add_row(
                 task, precision, f"{gate.get('auc', float('nan')):.4f}", f"{gate.get('agreement', 0.0):.1%}",
-                f"{gate.get('max_probability_diff', float('nan')):.4f}", f"{speed:,.0f}",
+                f"{gate.get('max_probability_diff', float('nan')):.4f}",
+                "" if gate.get("cosine_mean") is None else f"{gate['cosine_mean']:.5f}", f"{speed:,.0f}",
                 "pass" if gate.get("passed") else "FAIL",
             )
     return table
+
+
+ENCODER_TASKS = ("pathology_tile", "pathology_slide")
+
+
+def _encoder_specs(
+    name: str, checkpoint: Path | None, readout: str, tile_size: int, mpp: float, quick: bool, say: _Reporter
+) -> dict[str, Any]:
+    """Export specs of a ViT tile encoder (site checkpoint, or a demo ViT trained here) and its aggregator."""
+    from export.checkpoint import describe, load_vit
+    from export.encoder import QUICK_ENCODER_DATA, EncoderData, encoder_specs
+    from export.models.vit import preset
+    from export.train import train_demo_vit
+
+    base = preset(name, readout=readout, tile_size=tile_size, mpp=mpp)
+    if checkpoint is not None:
+        say("load", f"{checkpoint.name}: matching {name} strictly (timm VisionTransformer layout)")
+        model = load_vit(checkpoint, base)
+        source = f"site checkpoint {checkpoint.name}"
+    else:
+        say("train", f"no --checkpoint: training a random-initialized {name} on synthetic tiles ({DEMO_NOTICE})")
+        model = train_demo_vit(base, tiles=64 if quick else 768, epochs=1 if quick else 2, progress=lambda m: say("train", m))
+        source = f"demo training on synthetic tiles ({DEMO_NOTICE})"
+    say("load", f"{name}: {describe(model.config)}")
+    specs, _ = encoder_specs(model, QUICK_ENCODER_DATA if quick else EncoderData(), demo=checkpoint is None,
+                             source=source, say=say, count=say.count)  # fmt: skip
+    return specs
 
 
 def register(app: typer.Typer) -> None:
@@ -74,7 +128,11 @@ def register(app: typer.Typer) -> None:
     def export_command(
         out: Annotated[Path, typer.Option("--out", help="Directory for the bundles (and the work files).")] = Path("./export-out"),
         task: Annotated[Optional[list[str]], typer.Option("--task", help="pathology_tile, pathology_slide, breast_mri (repeatable; default all).")] = None,  # noqa: UP007
-        checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights written by export.train.save_checkpoint; default: train the demo models.")] = None,  # noqa: UP007
+        checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights written by export.train.save_checkpoint; default: train the demo models. With --encoder: the site's ViT checkpoint in timm's layout (.safetensors or a torch state dict).")] = None,  # noqa: UP007
+        encoder: Annotated[Optional[Encoder], typer.Option("--encoder", help="ViT tile encoder preset for pathology_tile (with --checkpoint: a site's foundation model; without: a demo ViT trained on synthetic tiles); the aggregator is trained on its frozen embeddings.")] = None,  # noqa: UP007
+        readout: Annotated[Readout, typer.Option("--readout", help="Encoder embedding: class token, or class token + mean of patch tokens (Virchow).")] = Readout.cls,
+        tile_size: Annotated[int, typer.Option("--tile-size", help="Encoder input side in pixels (the position embedding is resampled to it).", min=14)] = 224,
+        mpp: Annotated[float, typer.Option("--mpp", help="Microns per pixel the encoder expects.", min=0.01)] = 0.5,
         key: Annotated[Optional[Path], typer.Option("--key", help="Vendor Ed25519 private key (PEM); default: a demo key under OUT/keys and demo bundles.")] = None,  # noqa: UP007
         vendor: Annotated[str, typer.Option("--vendor", help="Vendor name written into the manifest.")] = "demo-vendor",
         version: Annotated[str, typer.Option("--version", help="Engine version; the precision is appended (+fp16).")] = "0.1.0",
@@ -96,10 +154,13 @@ def register(app: typer.Typer) -> None:
         from export.pipeline import PRECISIONS, convert_task, sign_bundles
         from export.train import QUICK_SIZES, DemoSizes, train_demo_models
 
-        tasks = tuple(task or TASKS)
-        bad = sorted(set(tasks) - set(TASKS))
+        known = ENCODER_TASKS if encoder is not None else TASKS
+        tasks = tuple(task or known)
+        bad = sorted(set(tasks) - set(known))
         if bad:
-            raise ExportError(f"unknown task(s) {bad}; known: {list(TASKS)}")
+            raise ExportError(f"unknown task(s) {bad}{' with --encoder' if encoder else ''}; known: {list(known)}")
+        if encoder is not None and "pathology_slide" not in tasks:
+            tasks = (*tasks, "pathology_slide")  # the aggregator is trained on this encoder's embeddings: ship it too
         precisions = tuple(p.value for p in precision) if precision else PRECISIONS
         if "fp32" not in precisions:
             precisions = ("fp32", *precisions)  # the gate compares against fp32
@@ -119,14 +180,18 @@ def register(app: typer.Typer) -> None:
                 say("sign", f"no --key given: signing with a demo key, bundles are marked demo ({DEMO_NOTICE})")
             else:
                 pem = key.read_bytes()
-            sizes = QUICK_SIZES if quick else DemoSizes()
-            models = train_demo_models(sizes, progress=lambda m: say("train", m), checkpoint=checkpoint)
-            specs = task_specs(models)
+            if encoder is not None:
+                specs = _encoder_specs(encoder.value, checkpoint, readout.value, tile_size, mpp, quick, say)
+                demo = demo or checkpoint is None
+            else:
+                sizes = QUICK_SIZES if quick else DemoSizes()
+                models = train_demo_models(sizes, progress=lambda m: say("train", m), checkpoint=checkpoint)
+                specs = task_specs(models)
             bundles: dict[str, dict[str, Path]] = {}
             for name in tasks:
                 spec = specs[name]
                 spec.int8 = replace(spec.int8, method=calibration.value)
-                report = convert_task(spec, out / "work" / name, precisions, gate, say)
+                report = convert_task(spec, out / "work" / name, precisions, gate, say, count=say.count)
                 paths = sign_bundles(spec, report, out / "bundles", pem, version, vendor, demo, gate)
                 bundles[name] = dict(zip(report.results, paths, strict=True))
                 if triton is not None:
