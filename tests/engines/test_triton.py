@@ -40,8 +40,10 @@ TILE_CARD = {"inputs": [{"name": "image", "shape": ["N", 3, TILE, TILE], "dtype"
 SLIDE_CARD = {"inputs": [{"name": "embeddings", "shape": ["N", DIM], "dtype": "float32"}],
               "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"},
                           {"name": "attention", "shape": ["N"], "dtype": "float32"},
-                          {"name": "tile_scores", "shape": ["N"], "dtype": "float32"}],
-              "threshold": 0.5}
+                          {"name": "tile_scores", "shape": ["N"], "dtype": "float32"},
+                          {"name": "attention_logits", "shape": ["N"], "dtype": "float32"}],
+              "threshold": 0.5,
+              "bag_pooling": {"attention_logits": "attention_logits", "tile_values": "tile_scores", "head": "identity"}}
 
 
 @pytest.fixture(scope="module")
@@ -428,8 +430,8 @@ def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
     store = StateStore(tmp_path / "state.db")
     queue = JobQueue(store, lease_seconds=60, max_attempts=2)
     engines = EngineCache(pathology, cpu_threads=1)
-    worker = Worker(store, queue, {"pathology": pipeline}, lambda result, job: [], lambda job, files: 0, engines)
-    worker.engine_retry_seconds = 0.0
+    worker = Worker(store, queue, {"pathology": pipeline}, lambda result, job: [], lambda job, files: 0, engines,
+                    unavailable_delay=0.0)
     try:
         first, _ = queue.enqueue("pathology", "1.2.3", ["1.2.3.4"])
         assert worker.run_once() is not None and queue.get(first).state == "succeeded"  # engines loaded, cached
@@ -440,7 +442,7 @@ def test_both_servers_down_job_waits_in_the_queue_and_completes_after_restart(
             assert worker.run_once() is not None
             job = queue.get(second)
             assert job.state == "queued" and job.attempts == 0, (job.state, job.reason)
-            assert "waiting for the engine" in job.reason and "no Triton endpoint" in job.reason
+            assert "engine unavailable, waiting" in job.reason and "no Triton endpoint" in job.reason
         _start(servers)
         assert worker.run_once() is not None
         assert queue.get(second).state == "succeeded", queue.get(second).reason
