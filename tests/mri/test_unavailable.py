@@ -82,9 +82,8 @@ def test_worker_sends_the_not_available_sr_for_a_study_failure(tmp_path: Path, f
     route_open_series(store, config.routes)
     queue = JobQueue(store, 60, 3)
     job_id, _ = queue.enqueue("breast_mri", study, series, 5)
-    worker = worker_component(config, store, pipelines={"breast_mri": _failing_pipeline},  # type: ignore[dict-item]
-                              engines=EngineCache(source=None))  # type: ignore[arg-type]
-    assert worker.run_once() is not None
+    scheduler = worker_component(config, store, pipelines={"breast_mri": _failing_pipeline})  # type: ignore[dict-item]
+    assert scheduler.workers[0].run_once() is not None
     job = store.query("select state, reason from jobs where id = ?", (job_id,))[0]
     assert job["state"] == "failed" and "1 phase found" in job["reason"]
     rows = store.query("select destination, path, state from deliveries where job_id = ?", (job_id,))
