@@ -298,10 +298,9 @@ class Worker:
                 times["pipeline"] = time.monotonic() - t0
                 lease.check()
                 t1 = time.monotonic()
-                files = list(self.report(result, job))
+                files = list(self.report(result, job))  # written and fsync'd before the hand-off
                 times["report"] = time.monotonic() - t1
-                deliveries = self.deliver(job, files)
-                times["total"] = time.monotonic() - t0
+                self._hand_off(job, result, files, times, t0)
             except JobPreempted as exc:
                 self.queue.preempt(job.id, self.owner, reason=str(exc))
                 return "preempted"
@@ -329,9 +328,21 @@ class Worker:
                 if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == "failed":
                     _discard_work(job)
                 return None
-        self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times))
         _discard_work(job)
         return None
+
+    def _hand_off(self, job: Job, result: StudyResult, files: Sequence[Path], times: dict[str, float],
+                  t0: float) -> None:
+        """Queue the result files for delivery and mark the job succeeded, in one transaction.
+
+        A lease lost meanwhile rolls the delivery rows back with it: the job runs again
+        and queues the same objects (its report UIDs derive from the job id).
+        """
+        with self.store.atomic():
+            deliveries = self.deliver(job, files)
+            times["total"] = time.monotonic() - t0
+            if not self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times)):
+                raise JobInterrupted(f"job {job.id}: lease lost before its result was handed off")
 
 
     def _defer_unavailable(self, job: Job, exc: BaseException, lease: JobLease) -> bool:

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance.config import Config
 from appliance.jobs import JobQueue, backpressure
 from appliance.slots import SlotBoard
-from appliance.state import StateStore
+from appliance.state import JobState, StateStore
 from appliance.web._guard import (
     CLOSE,
     SECURITY_HEADERS,
@@ -108,7 +108,7 @@ def create_app(
     def health() -> dict[str, Any]:
         results: dict[str, bool] = {}
         try:
-            store.query("select 1")
+            store.ping()
             results["state_store"] = True
         except Exception:
             results["state_store"] = False
@@ -132,28 +132,17 @@ def create_app(
         counts = store.counts()
         pressure = backpressure(store, config.worker.max_queue)
         h = health()
-        jobs = scrub_rows(queue.recent(limit=50, states=("running", "queued")))
-        finished = scrub_rows(queue.recent(limit=30, states=("succeeded", "failed")))
+        jobs = scrub_rows(queue.recent(limit=50, states=(JobState.RUNNING, JobState.QUEUED)))
+        finished = scrub_rows(queue.recent(limit=30, states=(JobState.SUCCEEDED, JobState.FAILED)))
         deliveries = []
         for dest in config.destinations:
-            rows = store.query(
-                "select state, count(*) as n from deliveries where destination = ? group by state", (dest.name,)
-            )
-            by_state = {r["state"]: r["n"] for r in rows}
-            last = store.query(
-                "select last_error, max(coalesce(delivered_at, 0), coalesce(next_attempt_at, 0)) as at"
-                " from deliveries where destination = ? and coalesce(last_error, '') != ''"
-                " order by id desc limit 1",
-                (dest.name,),
-            )
+            by_state = store.deliveries.count_by_state(dest.name)
             deliveries.append(
                 {
                     "name": dest.name,
                     "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
-                    "pending": by_state.get("pending", 0),
-                    "delivered": by_state.get("delivered", 0),
-                    "dead": by_state.get("dead", 0),
-                    "last_error": scrub(last[0]["last_error"]) if last else "",
+                    **{str(state): n for state, n in by_state.items()},
+                    "last_error": scrub(store.deliveries.last_error(dest.name)),
                 }
             )
         _, active, engine_error = engines_view()
