@@ -43,7 +43,7 @@ from appliance.errors import JobFailed, ReportError, StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.jobs import Job, JobQueue
 from appliance.lease import JobInterrupted, JobLease, JobPreempted, orphaned_lease
-from appliance.state import StateStore
+from appliance.state import JobState, StateStore
 from engines.errors import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class Worker:
                     self.queue.release(job.id, self.owner)
                     return None
                 logger.exception("job %s: %s", job.id, type(exc).__name__)
-                if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == "failed":
+                if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == JobState.FAILED:
                     _discard_work(job)
                 return None
         _discard_work(job)

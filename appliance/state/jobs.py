@@ -72,8 +72,8 @@ class JobsTable(Table):
         sets = "lease_expires = :until" + (", progress_done = :done, progress_total = :total" if done is not None else "")
         with self.store.atomic() as db:
             cursor = db.execute(
-                f"update jobs set {sets} where id = :id and state = :running and lease_owner = :owner",
-                {"until": lease_until, "done": done, "total": total, "id": job_id, "running": JobState.RUNNING,
+                f"update jobs set {sets} where id = :id and state = :run_state and lease_owner = :owner",
+                {"until": lease_until, "done": done, "total": total, "id": job_id, "run_state": JobState.RUNNING,
                  "owner": owner},
             )
             return cursor.rowcount == 1

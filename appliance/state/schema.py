@@ -44,6 +44,12 @@ def _name(version: int, func: Migration) -> str:
 
 @migration(1)
 def _initial_schema(db: sqlite_utils.Database) -> None:
+    _received_tables(db)
+    _work_tables(db)
+
+
+def _received_tables(db: sqlite_utils.Database) -> None:
+    """``studies``, ``series`` and ``instances``: what the node received."""
     db.table("studies").create(
         {"study_uid": str, "first_received": float, "last_received": float, "state": str},
         pk="study_uid",
@@ -79,6 +85,10 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         foreign_keys=[("series_uid", "series")],
     )
     db.table("instances").create_index(["series_uid"])
+
+
+def _work_tables(db: sqlite_utils.Database) -> None:
+    """``jobs``, ``deliveries``, ``audit`` and ``clinical``: the work and what came of it."""
     db.table("jobs").create(
         {
             "id": str,

@@ -46,6 +46,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.globals["JobState"] = JobState  # the templates compare states by the enum, not by literals
 TEMPLATES.env.filters["scrub"] = scrub
 HealthCheck = Callable[[], bool]
 
