@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.state._table import Table, marks
 from appliance.state.states import SeriesState, StudyState, sources
+
+if TYPE_CHECKING:
+    from appliance.state.store import StateStore
 
 __all__ = ["InstancesTable", "SeriesTable", "StudiesTable"]
 
@@ -127,19 +130,15 @@ class SeriesTable(Table):
         return {int(row["route"]) for row in rows if row["route"] is not None}
 
 
-def _move(store: Any, table: str, key: str, keys: Sequence[str], target: SeriesState | StudyState,
+def _move(store: StateStore, table: str, key: str, keys: Sequence[str], target: SeriesState | StudyState,
           values: Mapping[str, Any] | None = None) -> None:
     """Set ``state = target`` (and ``values``) on the rows of ``keys`` whose state may become ``target``."""
     allowed = sources(target)
+    initial = next(iter(type(target)))  # a row without a state is in its machine's first one
     extra = "".join(f", {column} = ?" for column in values or {})
     with store.atomic() as db:
         db.execute(
             f"update {table} set state = ?{extra} where {key} in ({marks(keys)})"
             f" and coalesce(state, ?) in ({marks(allowed)})",
-            (target, *(values or {}).values(), *keys, _initial(target), *allowed),
+            (target, *(values or {}).values(), *keys, initial, *allowed),
         )
-
-
-def _initial(target: SeriesState | StudyState) -> str:
-    """The state a row without one is in (the first of its machine)."""
-    return next(iter(type(target)))

@@ -95,6 +95,37 @@ def _done(request: Request, message: str, detail: dict[str, Any] | None = None) 
     return RedirectResponse(f"/engines?message={message}", status_code=303)
 
 
+def _health(config: Config, store: StateStore, checks: Mapping[str, HealthCheck]) -> dict[str, Any]:
+    """``/healthz``: the state store answers, the spool has room, and every extra check passes."""
+    results: dict[str, bool] = {}
+    try:
+        store.ping()
+        results["state_store"] = True
+    except Exception:
+        results["state_store"] = False
+    free = free_bytes(config.data_dir)
+    results["disk"] = free >= config.node.min_free_bytes
+    for name, check in checks.items():
+        try:
+            results[name] = bool(check())
+        except Exception:
+            results[name] = False
+    return {"ok": all(results.values()), "checks": results, "free_bytes": free}
+
+
+def _delivery_rows(config: Config, store: StateStore) -> list[dict[str, Any]]:
+    """Per configured destination: its target, rows per delivery state and the last error (scrubbed)."""
+    return [
+        {
+            "name": dest.name,
+            "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
+            **store.deliveries.count_by_state(dest.name),
+            "last_error": scrub(store.deliveries.last_error(dest.name)),
+        }
+        for dest in config.destinations
+    ]
+
+
 def create_app(
     config: Config, store: StateStore, health_checks: Mapping[str, HealthCheck] | None = None
 ) -> FastAPI:
@@ -107,20 +138,7 @@ def create_app(
     checks = dict(health_checks or {})
 
     def health() -> dict[str, Any]:
-        results: dict[str, bool] = {}
-        try:
-            store.ping()
-            results["state_store"] = True
-        except Exception:
-            results["state_store"] = False
-        free = free_bytes(config.data_dir)
-        results["disk"] = free >= config.node.min_free_bytes
-        for name, check in checks.items():
-            try:
-                results[name] = bool(check())
-            except Exception:
-                results[name] = False
-        return {"ok": all(results.values()), "checks": results, "free_bytes": free}
+        return _health(config, store, checks)
 
     def engines_view() -> tuple[list[Any], dict[str, str], str]:
         try:
@@ -135,17 +153,6 @@ def create_app(
         h = health()
         jobs = scrub_rows(queue.recent(limit=50, states=(JobState.RUNNING, JobState.QUEUED)))
         finished = scrub_rows(queue.recent(limit=30, states=(JobState.SUCCEEDED, JobState.FAILED)))
-        deliveries = []
-        for dest in config.destinations:
-            by_state = store.deliveries.count_by_state(dest.name)
-            deliveries.append(
-                {
-                    "name": dest.name,
-                    "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
-                    **{str(state): n for state, n in by_state.items()},
-                    "last_error": scrub(store.deliveries.last_error(dest.name)),
-                }
-            )
         _, active, engine_error = engines_view()
         return {
             "slots": SlotBoard(store).read(),
@@ -157,7 +164,7 @@ def create_app(
             "spool_low": not h["checks"]["disk"],
             "jobs": jobs,
             "finished": finished,
-            "deliveries": deliveries,
+            "deliveries": _delivery_rows(config, store),
             "active": active,
             "engine_error": engine_error,
             "triton": _triton_endpoints(config),
