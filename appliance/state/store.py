@@ -83,8 +83,7 @@ class StateStore:
                 return
             self.db.conn.execute("BEGIN IMMEDIATE")
             try:
-                with self.db.atomic() as db:
-                    yield db
+                yield self.db
             except BaseException:
                 self.db.rollback()
                 raise
