@@ -4,7 +4,7 @@ A :class:`Worker` thread leases the most urgent job its slot can run from
 :class:`~appliance.jobs.JobQueue`, keeps the lease alive with a heartbeat
 thread, runs the job's pipeline (a callable from the pipeline registry), hands
 the :class:`~appliance.findings.StudyResult` to the report callable, queues
-each written file for every destination, and marks the job succeeded. Engine
+each written file for every destination and marks the job succeeded (one transaction). Engine
 sessions stay loaded between jobs in the slot's own
 :class:`~appliance.engine_cache.EngineCache`. :mod:`appliance.scheduler` runs
 one worker per device slot and decides preemption.
