@@ -64,11 +64,7 @@ class Assembler:
         """Route open series and create the jobs that are due; return the new job ids."""
         route_open_series(self.store, self.routes)
         now = self.clock()
-        rows = self.store.query(
-            "select s.series_uid, s.study_uid, s.series_description, s.route, s.first_received, s.last_received,"
-            " st.first_received as study_first from series s left join studies st on st.study_uid = s.study_uid"
-            " where s.state = 'routed' order by s.first_received, s.series_uid"
-        )
+        rows = self.store.series.routed()
         by_route: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             index = row["route"]
@@ -127,15 +123,11 @@ class Assembler:
     def _create(self, route: RouteSettings, study_uid: str, series_uids: list[str], key: str) -> str | None:
         """Queue the job and mark its series assembled in one transaction; None if the job existed."""
         job_id = job_id_for(route.pipeline, key)
-        with self.store.atomic() as db:
+        with self.store.atomic():
             _, created = self.queue.enqueue(route.pipeline, study_uid, series_uids, route.priority, job_id=job_id)
-            marks = ", ".join("?" for _ in series_uids)
-            db.conn.execute(
-                f"update series set state = 'assembled' where series_uid in ({marks}) and state = 'routed'",
-                tuple(series_uids),
-            )
+            self.store.series.assemble(series_uids)
             if route.pipeline == "breast_mri":
-                db.conn.execute("update studies set state = 'assembled' where study_uid = ?", (study_uid,))
+                self.store.studies.assemble(study_uid)
         if not created:
             logger.info("job %s already exists; %d late series kept without a new job", job_id, len(series_uids))
             return None

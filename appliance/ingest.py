@@ -29,26 +29,6 @@ __all__ = ["StoreSink", "node_component", "spool_dir"]
 
 logger = logging.getLogger(__name__)
 
-_INSERT_INSTANCE = """
-insert or ignore into instances
-  (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, path, size, calling_ae, received_at,
-   header, header_syntax)
-values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_UPSERT_STUDY = """
-insert into studies (study_uid, first_received, last_received, state) values (?, ?, ?, 'open')
-on conflict (study_uid) do update set last_received = max(last_received, excluded.last_received)
-"""
-_UPSERT_SERIES = """
-insert into series
-  (series_uid, study_uid, modality, series_description, instance_count, first_received, last_received, state)
-values (?, ?, ?, ?, 1, ?, ?, 'open')
-on conflict (series_uid) do update set
-  instance_count = instance_count + 1,
-  last_received = max(last_received, excluded.last_received)
-"""
-
-
 class StoreSink:
     """Commits instance records into the state store (the node's :class:`InstanceSink`)."""
 
@@ -57,31 +37,30 @@ class StoreSink:
 
     def commit(self, records: Sequence[InstanceRecord]) -> None:
         """Insert all records in one transaction; an instance already stored is left as it is."""
-        with self.store.atomic() as db:
-            conn = db.conn
+        store = self.store
+        with store.atomic():
             for rec in records:
-                cursor = conn.execute(
-                    _INSERT_INSTANCE,
-                    (rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.study_uid, rec.transfer_syntax,
-                     str(rec.path), rec.size, rec.calling_ae, rec.received_at, rec.header, rec.header_syntax),
-                )
-                if cursor.rowcount != 1:
-                    _same_place(conn, rec)
+                if not store.instances.insert(_instance_row(rec)):
+                    _same_place(store, rec)
                     continue  # the same SOP Instance UID again: stored once
-                conn.execute(_UPSERT_STUDY, (rec.study_uid, rec.received_at, rec.received_at))
-                conn.execute(
-                    _UPSERT_SERIES,
-                    (rec.series_uid, rec.study_uid, rec.modality, rec.series_description,
-                     rec.received_at, rec.received_at),
-                )
+                store.studies.touch(rec.study_uid, rec.received_at)
+                store.series.touch(rec.series_uid, rec.study_uid, rec.modality, rec.series_description,
+                                   rec.received_at)
 
 
-def _same_place(conn: Any, rec: InstanceRecord) -> None:
+def _instance_row(rec: InstanceRecord) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": rec.sop_instance_uid, "sop_class_uid": rec.sop_class_uid, "series_uid": rec.series_uid,
+        "study_uid": rec.study_uid, "transfer_syntax": rec.transfer_syntax, "path": str(rec.path), "size": rec.size,
+        "calling_ae": rec.calling_ae, "received_at": rec.received_at, "header": rec.header,
+        "header_syntax": rec.header_syntax,
+    }
+
+
+def _same_place(store: StateStore, rec: InstanceRecord) -> None:
     """Raise :class:`DuplicateInstance` when the stored instance of this UID is in another study or series."""
-    row = conn.execute(
-        "select study_uid, series_uid from instances where sop_instance_uid = ?", (rec.sop_instance_uid,)
-    ).fetchone()
-    if row is not None and (row[0], row[1]) != (rec.study_uid, rec.series_uid):
+    place = store.instances.place(rec.sop_instance_uid)
+    if place is not None and place != (rec.study_uid, rec.series_uid):
         raise DuplicateInstance(f"SOP Instance UID of {rec.path.name} is stored already under another study or series")
 
 

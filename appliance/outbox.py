@@ -54,32 +54,7 @@ def enqueue(
     names = list(dict.fromkeys(destinations))
     if not sop_instance_uid:
         raise ApplianceError(f"cannot queue {str(path)!r} for delivery without a SOP Instance UID")
-    now = time.time()
-    rows = [
-        {
-            "job_id": job_id,
-            "destination": name,
-            "path": str(path),
-            "sop_instance_uid": sop_instance_uid,
-            "state": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "delivered_at": None,
-            "last_error": "",
-        }
-        for name in names
-    ]
-    with store.atomic() as db:
-        if rows:
-            db.table("deliveries").insert_all(rows, ignore=True)
-        ids = [
-            row["id"]
-            for name in names
-            for row in db.query(
-                "select id from deliveries where destination = ? and sop_instance_uid = ?", [name, sop_instance_uid]
-            )
-        ]
+    ids = store.deliveries.queue(job_id, str(path), sop_instance_uid, names, time.time())
     logger.info("job %s: queued a result for %d destination(s)", job_id, len(names))
     return ids
 
@@ -93,21 +68,7 @@ class Outbox:
 
     def lease(self, destination: str, limit: int, now: float) -> list[PendingDelivery]:
         """Due pending rows for ``destination``, oldest first, held for ``lease_seconds``."""
-        with self._store.atomic() as db:
-            rows = list(
-                db.query(
-                    "select id, destination, path, sop_instance_uid, attempts, created_at from deliveries "
-                    "where state = 'pending' and destination = ? and next_attempt_at <= ? "
-                    "order by next_attempt_at, id limit ?",
-                    [destination, now, limit],
-                )
-            )
-            if rows:
-                marks = ",".join("?" for _ in rows)
-                db.execute(
-                    f"update deliveries set next_attempt_at = ? where id in ({marks})",
-                    [now + self._lease, *(r["id"] for r in rows)],
-                )
+        rows = self._store.deliveries.lease(destination, limit, now, now + self._lease)
         return [
             PendingDelivery(
                 id=r["id"],
@@ -121,32 +82,17 @@ class Outbox:
         ]
 
     def mark_delivered(self, delivery_id: int, now: float) -> None:
-        self._update(
-            "update deliveries set state = 'delivered', delivered_at = ?, attempts = attempts + 1, "
-            "last_error = '' where id = ?",
-            [now, delivery_id],
-        )
+        self._store.deliveries.delivered(delivery_id, now)
 
     def mark_retry(self, delivery_id: int, reason: str, next_attempt_at: float) -> None:
-        self._update(
-            "update deliveries set attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-            "where id = ? and state = 'pending'",
-            [reason, next_attempt_at, delivery_id],
-        )
+        self._store.deliveries.retry(delivery_id, reason, next_attempt_at)
 
     def mark_dead(self, delivery_id: int, reason: str) -> None:
-        self._update(
-            "update deliveries set state = 'dead', attempts = attempts + 1, last_error = ? where id = ?",
-            [reason, delivery_id],
-        )
-
-    def _update(self, sql: str, params: list[object]) -> None:
-        with self._store.atomic() as db:
-            db.execute(sql, params)
+        self._store.deliveries.dead(delivery_id, reason)
 
     def pending_destinations(self) -> set[str]:
         """Destinations that have pending rows (configured or not)."""
-        return {r["destination"] for r in self._store.query("select distinct destination from deliveries where state = 'pending'")}
+        return self._store.deliveries.pending_destinations()
 
 
 def destination_from(settings: DestinationSettings, config: Config) -> Destination:

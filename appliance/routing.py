@@ -89,10 +89,8 @@ def match_route(routes: Sequence[RouteSettings], header: Dataset | Mapping[str, 
 
 def first_instance_path(store: StateStore, series_uid: str) -> Path | None:
     """The spooled file of the first instance received in the series."""
-    rows = store.query(
-        "select path from instances where series_uid = ? order by received_at, rowid limit 1", (series_uid,)
-    )
-    return Path(rows[0]["path"]) if rows else None
+    row = store.instances.first(series_uid)
+    return Path(row["path"]) if row else None
 
 
 def read_header(path: Path) -> Dataset:
@@ -105,13 +103,9 @@ def read_header(path: Path) -> Dataset:
 
 def series_header(store: StateStore, series_uid: str) -> Dataset | None:
     """The header of the series' first instance: the node's scanned header, else the file's; None without one."""
-    rows = store.query(
-        "select path, header, header_syntax from instances where series_uid = ? order by received_at, rowid limit 1",
-        (series_uid,),
-    )
-    if not rows:
+    row = store.instances.first(series_uid)
+    if row is None:
         return None
-    row = rows[0]
     if row["header"]:
         try:
             return read_header_blob(bytes(row["header"]), str(row["header_syntax"]))
@@ -126,19 +120,7 @@ def _route_one(store: StateStore, routes: Sequence[RouteSettings], series_uid: s
     if header is None:
         return False, None  # a series row without instances yet: look again next time
     index = match_route(routes, header)
-    with store.atomic() as db:
-        if index is None:
-            db.conn.execute(
-                "update series set state = 'unrouted', route = null where series_uid = ? and"
-                " coalesce(state, 'open') = 'open'",
-                (series_uid,),
-            )
-        else:
-            db.conn.execute(
-                "update series set state = 'routed', route = ? where series_uid = ? and"
-                " coalesce(state, 'open') = 'open'",
-                (index, series_uid),
-            )
+    store.series.route(series_uid, index)
     if index is None:
         logger.info("series %s matches no route; kept unrouted", opaque_id(series_uid))
     else:
@@ -148,11 +130,7 @@ def _route_one(store: StateStore, routes: Sequence[RouteSettings], series_uid: s
 
 def _mark_failed(store: StateStore, series_uid: str, reason: str) -> None:
     logger.warning("series %s failed: %s", opaque_id(series_uid), reason)
-    with store.atomic() as db:
-        db.conn.execute(
-            "update series set state = 'failed', reason = ? where series_uid = ? and coalesce(state, 'open') = 'open'",
-            (reason[:200], series_uid),
-        )
+    store.series.fail(series_uid, reason)
 
 
 def route_open_series(store: StateStore, routes: Sequence[RouteSettings]) -> dict[str, int | None]:
@@ -161,8 +139,7 @@ def route_open_series(store: StateStore, routes: Sequence[RouteSettings]) -> dic
     Returns series UID -> route index (None for unrouted or failed) for the series decided in this call.
     """
     decided: dict[str, int | None] = {}
-    for row in store.query("select series_uid from series where coalesce(state, 'open') = 'open'"):
-        series_uid = row["series_uid"]
+    for series_uid in store.series.open_uids():
         try:
             done, index = _route_one(store, routes, series_uid)
         except StudyIncomplete as exc:

@@ -96,46 +96,22 @@ class SlotBoard:
 
     def register(self, devices: Sequence[Device], replace: bool = True) -> None:
         """Rows for ``devices`` (the previous process's rows go first when ``replace``)."""
-        now = self.clock()
-        with self.store.atomic() as db:
-            if replace:
-                db.conn.execute("delete from slots")
-            for device in devices:
-                db.conn.execute(
-                    "insert or replace into slots (name, device, job_id, busy_since, busy_seconds, up_since,"
-                    " jobs_run, preemptions, resumes) values (?, ?, '', 0, 0, ?, 0, 0, 0)",
-                    (device.slot, device.name, now),
-                )
+        self.store.slots.register([(device.slot, device.name) for device in devices], self.clock(), replace)
 
     def job_started(self, slot: str, job: Job) -> None:
         resumed = 1 if job.preemptions > 0 or job.progress_done > 0 else 0
         if resumed:
             logger.info("job %s resumes on %s (%d of %d units done before)", job.id, slot, job.progress_done,
                         job.progress_total)
-        with self.store.atomic() as db:
-            db.conn.execute(
-                "update slots set job_id = ?, busy_since = ?, resumes = resumes + ? where name = ?",
-                (job.id, self.clock(), resumed, slot),
-            )
+        self.store.slots.started(slot, job.id, self.clock(), bool(resumed))
 
     def job_ended(self, slot: str, job: Job, outcome: str | None) -> None:
-        preempted = 1 if outcome == "preempted" else 0
-        with self.store.atomic() as db:
-            db.conn.execute(
-                "update slots set job_id = '', busy_seconds = busy_seconds + max(0, ? - busy_since), busy_since = 0,"
-                " jobs_run = jobs_run + 1, preemptions = preemptions + ? where name = ? and job_id = ?",
-                (self.clock(), preempted, slot, job.id),
-            )
+        self.store.slots.ended(slot, job.id, self.clock(), outcome == "preempted")
 
     def read(self) -> list[dict[str, Any]]:
         """Every slot with its job's pipeline, priority and progress and its busy fraction since it came up."""
-        if not self.store.db["slots"].exists():
-            return []
         now = self.clock()
-        rows = self.store.query(
-            "select s.*, j.pipeline, j.priority, j.progress_done, j.progress_total from slots s"
-            " left join jobs j on j.id = s.job_id and s.job_id != '' order by s.rowid"
-        )
+        rows = self.store.slots.with_jobs()
         for row in rows:
             busy = float(row["busy_seconds"]) + (now - float(row["busy_since"]) if row["busy_since"] else 0.0)
             up = max(1e-9, now - float(row["up_since"]))

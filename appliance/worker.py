@@ -4,7 +4,7 @@ A :class:`Worker` thread leases the most urgent job its slot can run from
 :class:`~appliance.jobs.JobQueue`, keeps the lease alive with a heartbeat
 thread, runs the job's pipeline (a callable from the pipeline registry), hands
 the :class:`~appliance.findings.StudyResult` to the report callable, queues
-each written file for every destination, and marks the job succeeded. Engine
+each written file for every destination and marks the job succeeded (one transaction). Engine
 sessions stay loaded between jobs in the slot's own
 :class:`~appliance.engine_cache.EngineCache`. :mod:`appliance.scheduler` runs
 one worker per device slot and decides preemption.
@@ -43,7 +43,7 @@ from appliance.errors import JobFailed, ReportError, StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.jobs import Job, JobQueue
 from appliance.lease import JobInterrupted, JobLease, JobPreempted, orphaned_lease
-from appliance.state import StateStore
+from appliance.state import JobState, StateStore
 from engines.errors import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -298,10 +298,9 @@ class Worker:
                 times["pipeline"] = time.monotonic() - t0
                 lease.check()
                 t1 = time.monotonic()
-                files = list(self.report(result, job))
+                files = list(self.report(result, job))  # written and fsync'd before the hand-off
                 times["report"] = time.monotonic() - t1
-                deliveries = self.deliver(job, files)
-                times["total"] = time.monotonic() - t0
+                self._hand_off(job, result, files, times, t0)
             except JobPreempted as exc:
                 self.queue.preempt(job.id, self.owner, reason=str(exc))
                 return "preempted"
@@ -326,12 +325,24 @@ class Worker:
                     self.queue.release(job.id, self.owner)
                     return None
                 logger.exception("job %s: %s", job.id, type(exc).__name__)
-                if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == "failed":
+                if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == JobState.FAILED:
                     _discard_work(job)
                 return None
-        self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times))
         _discard_work(job)
         return None
+
+    def _hand_off(self, job: Job, result: StudyResult, files: Sequence[Path], times: dict[str, float],
+                  t0: float) -> None:
+        """Queue the result files for delivery and mark the job succeeded, in one transaction.
+
+        A lease lost meanwhile rolls the delivery rows back with it: the job runs again
+        and queues the same objects (its report UIDs derive from the job id).
+        """
+        with self.store.atomic():
+            deliveries = self.deliver(job, files)
+            times["total"] = time.monotonic() - t0
+            if not self.queue.succeed(job.id, self.owner, summarize(result, files, deliveries, times)):
+                raise JobInterrupted(f"job {job.id}: lease lost before its result was handed off")
 
 
     def _defer_unavailable(self, job: Job, exc: BaseException, lease: JobLease) -> bool:

@@ -29,6 +29,7 @@ from appliance.demo._pacs import LocalPacs, SrArrival, free_port, start_pacs
 from appliance.demo._quiet import output_to_log
 from appliance.demo._scanner import SCANNER_AE_TITLE, DemoStudy, send_study, write_dce_study, write_slide_study
 from appliance.service import Service
+from appliance.state import JobState
 from appliance.web import scrub
 
 __all__ = ["DEMO_NOTICE", "DEFAULT_DATA_DIR", "DemoOutcome", "DemoRow", "demo_config", "ensure_engines",
@@ -133,15 +134,11 @@ def running_demo(data_dir: Path, stable_seconds: float = 3.0, prefer_orthanc: bo
 
 
 def _row(service: Service, pacs: LocalPacs, study: DemoStudy) -> DemoRow:
-    jobs = service.store.query(
-        "select id, state, progress_done, progress_total, reason, result from jobs where study_uid = ? "
-        "order by created_at desc limit 1", (study.study_uid,)
-    )
-    if not jobs:
+    job = service.store.jobs.latest_of_study(study.study_uid)
+    if job is None:
         return DemoRow("(not yet queued)", study.pipeline, "receiving" if not study.last_sent_at else "assembling")
-    job = jobs[0]
     state = str(job["state"])
-    if state == "running" and job["progress_total"]:
+    if state == JobState.RUNNING and job["progress_total"]:
         state = f"running {job['progress_done']}/{job['progress_total']}"
     row = DemoRow(str(job["id"]), study.pipeline, state, reason=scrub(job["reason"]))
     result = json.loads(job["result"] or "{}")
@@ -185,7 +182,7 @@ def wait_for_results(service: Service, pacs: LocalPacs, studies: list[DemoStudy]
             on_update(rows)
         if all(r.arrived for r in rows):
             return rows, ""
-        failed = [r for r in rows if r.state == "failed"]
+        failed = [r for r in rows if r.state == JobState.FAILED]
         if failed:
             return rows, f"job {failed[0].job_id} ({failed[0].pipeline}) failed: {failed[0].reason}"
         if time.monotonic() > deadline:

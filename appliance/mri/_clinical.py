@@ -76,22 +76,18 @@ def set_clinical(store: StateStore, key: str, values: Mapping[str, float | None]
     if not key:
         raise ClinicalValueError("the clinical record key (Study Instance UID or Accession Number) is empty")
     checked = check_values(values)
-    with store.atomic() as db:
+    with store.atomic():
         record = get_clinical(store, key)
         record.update(checked)
         record = {k: v for k, v in record.items() if v is not None}
-        db.table("clinical").upsert({"key": key, "values_json": json.dumps(record, sort_keys=True),
-                               "updated_at": time.time()}, pk="key")
+        store.clinical.put(key, record)
         store.audit(actor, "clinical.set", _subject(key), {"variables": sorted(checked)})
     return record
 
 
 def get_clinical(store: StateStore, key: str) -> dict[str, float | None]:
     """The sidecar record for ``key``; empty when there is none."""
-    rows = store.query("select values_json from clinical where key = ?", (key.strip(),))
-    if not rows:
-        return {}
-    loaded: dict[str, Any] = json.loads(rows[0]["values_json"])
+    loaded = store.clinical.get(key.strip())
     return {k: (None if v is None else float(v)) for k, v in loaded.items()}
 
 

@@ -124,10 +124,10 @@ def job_instance_paths(store: StateStore, series_uids: Sequence[str]) -> list[Pa
     """The spool files of every instance of the job's series (from the state store's ``instances`` rows)."""
     paths: list[Path] = []
     for uid in series_uids:
-        rows = store.query("select path from instances where series_uid = ? order by sop_instance_uid", (uid,))
-        if not rows:
+        found = store.instances.paths(uid)
+        if not found:
             raise StudyIncomplete(f"series {uid}: no stored instances")
-        paths.extend(Path(row["path"]) for row in rows)
+        paths.extend(found)
     return paths
 
 

@@ -115,12 +115,10 @@ def _study_headers(store: StateStore, job: Job, per_series: int = 1) -> list[Dat
     """Headers of the first readable instance of each of the job's series (the SR's evidence)."""
     headers: list[Dataset] = []
     for series_uid in job.series_uids:
-        rows = store.query("select path from instances where series_uid = ? order by sop_instance_uid",
-                           (series_uid,))
         found = 0
-        for row in rows:
+        for path in store.instances.paths(series_uid):
             try:
-                ds = pydicom.dcmread(row["path"], stop_before_pixels=True)
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
             except (OSError, InvalidDicomError):
                 continue
             if str(ds.get("StudyInstanceUID", "")) == job.study_uid and "SOPClassUID" in ds:
@@ -133,9 +131,7 @@ def _study_headers(store: StateStore, job: Job, per_series: int = 1) -> list[Dat
 
 def _route_wants_report(config: Config, store: StateStore, job: Job) -> bool:
     """The ``failure_report`` option of the route that made the job (True when the route is unknown)."""
-    marks = ",".join("?" * len(job.series_uids))
-    rows = store.query(f"select route from series where series_uid in ({marks})", tuple(job.series_uids))
-    indices = {row["route"] for row in rows if row["route"] is not None}
+    indices = store.series.routes_of(job.series_uids)
     routes = [config.routes[i] for i in indices if 0 <= i < len(config.routes)]
     return all(route.failure_report for route in routes)
 

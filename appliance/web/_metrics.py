@@ -7,7 +7,6 @@ and agree with ``appliance status``. Each app gets its own
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from prometheus_client.registry import Collector
 from appliance.config import Config
 from appliance.jobs import backpressure
 from appliance.slots import SlotBoard
-from appliance.state import DELIVERY_STATES, JOB_STATES, StateStore
+from appliance.state import DELIVERY_STATES, DeliveryState, JobState, StateStore
 
 __all__ = ["JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "metrics_registry", "triton_metrics"]
 
@@ -38,14 +37,9 @@ def free_bytes(path: Path) -> int:
 
 
 def _histogram(
-    store: StateStore, name: str, doc: str, label: str, sql_value: str, table_where: str, buckets: tuple[float, ...]
+    name: str, doc: str, label: str, rows: list[dict[str, Any]], buckets: tuple[float, ...]
 ) -> HistogramMetricFamily:
-    """A histogram of ``sql_value`` per ``label`` column, bucketed in SQL."""
-    sums = ", ".join(f"sum(case when {sql_value} <= {le!r} then 1 else 0 end) as b{i}" for i, le in enumerate(buckets))
-    rows = store.query(
-        f"select {label} as label, count(*) as n, coalesce(sum({sql_value}), 0) as total, {sums}"
-        f" from {table_where} group by {label}"
-    )
+    """A histogram per ``label`` from the store's bucket counts (``label``, ``n``, ``total``, ``b<i>``)."""
     family = HistogramMetricFamily(name, doc, labels=[label])
     for row in rows:
         cumulative = [(repr(le), float(row[f"b{i}"] or 0)) for i, le in enumerate(buckets)]
@@ -64,15 +58,14 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         store = self.store
         instances = CounterMetricFamily("appliance_instances_received", "DICOM instances stored by the node")
-        instances.add_metric([], float(store.query("select count(*) as n from instances")[0]["n"]))
+        instances.add_metric([], float(store.instances.count()))
         yield instances
         studies = GaugeMetricFamily("appliance_studies", "Studies known to the appliance")
-        studies.add_metric([], float(store.query("select count(*) as n from studies")[0]["n"]))
+        studies.add_metric([], float(store.studies.count()))
         yield studies
 
         jobs = GaugeMetricFamily("appliance_jobs", "Jobs by state", labels=["state"])
-        counts = {state: 0 for state in JOB_STATES}
-        counts.update({r["state"]: r["n"] for r in store.query("select state, count(*) as n from jobs group by state")})
+        counts = store.jobs.count_by_state()
         for state, n in counts.items():
             jobs.add_metric([state], float(n))
         yield jobs
@@ -89,8 +82,8 @@ class StoreCollector(Collector):
         yield disk
 
         yield _histogram(
-            store, "appliance_job_duration_seconds", "Time from lease to success of a job", "pipeline",
-            "(finished_at - started_at)", "jobs where state = 'succeeded' and started_at > 0", JOB_BUCKETS,
+            "appliance_job_duration_seconds", "Time from lease to success of a job", "pipeline",
+            store.jobs.duration_histogram(JOB_BUCKETS), JOB_BUCKETS,
         )
         tiles, seconds = self._tile_rate()
         scored = CounterMetricFamily("appliance_tiles_scored", "Tiles scored by the pathology pipeline (recent jobs)")
@@ -101,40 +94,29 @@ class StoreCollector(Collector):
         yield rate
 
         yield _histogram(
-            store, "appliance_delivery_latency_seconds", "Time from queued to delivered per destination", "destination",
-            "(delivered_at - created_at)", "deliveries where state = 'delivered'", LATENCY_BUCKETS,
+            "appliance_delivery_latency_seconds", "Time from queued to delivered per destination", "destination",
+            store.deliveries.latency_histogram(LATENCY_BUCKETS), LATENCY_BUCKETS,
         )
         deliveries = GaugeMetricFamily("appliance_deliveries", "Deliveries by destination and state",
                                        labels=["destination", "state"])
-        for row in store.query("select destination, state, count(*) as n from deliveries group by destination, state"):
-            deliveries.add_metric([row["destination"], row["state"]], float(row["n"]))
+        by_destination = store.deliveries.count_by_destination()
+        for (name, state), n in by_destination.items():
+            deliveries.add_metric([name, state], float(n))
         for dest in self.config.destinations:
             for state in DELIVERY_STATES:
-                if not store.query("select 1 from deliveries where destination = ? and state = ? limit 1",
-                                   (dest.name, state)):
+                if (dest.name, state) not in by_destination:
                     deliveries.add_metric([dest.name, state], 0.0)
         yield deliveries
         yield from _slot_metrics(SlotBoard(store).read())
         failures = CounterMetricFamily("appliance_failures", "Failed jobs and dead deliveries", labels=["kind"])
-        failures.add_metric(["job"], float(counts.get("failed", 0)))
-        failures.add_metric(
-            ["delivery"], float(store.query("select count(*) as n from deliveries where state = 'dead'")[0]["n"])
-        )
+        failures.add_metric(["job"], float(counts[JobState.FAILED]))
+        failures.add_metric(["delivery"], float(store.deliveries.count_by_state()[DeliveryState.DEAD]))
         yield failures
         yield from triton_metrics()
 
     def _tile_rate(self) -> tuple[int, float]:
-        rows = self.store.query(
-            "select result from jobs where state = 'succeeded' and pipeline = 'pathology'"
-            " order by finished_at desc limit ?",
-            (RECENT_JOBS_FOR_RATE,),
-        )
         tiles, seconds = 0, 0.0
-        for row in rows:
-            try:
-                result = json.loads(row["result"] or "{}")
-            except ValueError:
-                continue
+        for result in self.store.jobs.recent_results("pathology", RECENT_JOBS_FOR_RATE):
             tiles += int(result.get("tiles_scored", 0))
             seconds += float(result.get("seconds", {}).get("pipeline", 0.0))
         return tiles, seconds

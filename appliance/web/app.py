@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance.config import Config
 from appliance.jobs import JobQueue, backpressure
 from appliance.slots import SlotBoard
-from appliance.state import StateStore
+from appliance.state import JobState, StateStore
 from appliance.web._guard import (
     CLOSE,
     SECURITY_HEADERS,
@@ -46,6 +46,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.globals["JobState"] = JobState  # the templates compare states by the enum, not by literals
 TEMPLATES.env.filters["scrub"] = scrub
 HealthCheck = Callable[[], bool]
 
@@ -94,6 +95,37 @@ def _done(request: Request, message: str, detail: dict[str, Any] | None = None) 
     return RedirectResponse(f"/engines?message={message}", status_code=303)
 
 
+def _health(config: Config, store: StateStore, checks: Mapping[str, HealthCheck]) -> dict[str, Any]:
+    """``/healthz``: the state store answers, the spool has room, and every extra check passes."""
+    results: dict[str, bool] = {}
+    try:
+        store.ping()
+        results["state_store"] = True
+    except Exception:
+        results["state_store"] = False
+    free = free_bytes(config.data_dir)
+    results["disk"] = free >= config.node.min_free_bytes
+    for name, check in checks.items():
+        try:
+            results[name] = bool(check())
+        except Exception:
+            results[name] = False
+    return {"ok": all(results.values()), "checks": results, "free_bytes": free}
+
+
+def _delivery_rows(config: Config, store: StateStore) -> list[dict[str, Any]]:
+    """Per configured destination: its target, rows per delivery state and the last error (scrubbed)."""
+    return [
+        {
+            "name": dest.name,
+            "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
+            **store.deliveries.count_by_state(dest.name),
+            "last_error": scrub(store.deliveries.last_error(dest.name)),
+        }
+        for dest in config.destinations
+    ]
+
+
 def create_app(
     config: Config, store: StateStore, health_checks: Mapping[str, HealthCheck] | None = None
 ) -> FastAPI:
@@ -106,20 +138,7 @@ def create_app(
     checks = dict(health_checks or {})
 
     def health() -> dict[str, Any]:
-        results: dict[str, bool] = {}
-        try:
-            store.query("select 1")
-            results["state_store"] = True
-        except Exception:
-            results["state_store"] = False
-        free = free_bytes(config.data_dir)
-        results["disk"] = free >= config.node.min_free_bytes
-        for name, check in checks.items():
-            try:
-                results[name] = bool(check())
-            except Exception:
-                results[name] = False
-        return {"ok": all(results.values()), "checks": results, "free_bytes": free}
+        return _health(config, store, checks)
 
     def engines_view() -> tuple[list[Any], dict[str, str], str]:
         try:
@@ -132,30 +151,8 @@ def create_app(
         counts = store.counts()
         pressure = backpressure(store, config.worker.max_queue)
         h = health()
-        jobs = scrub_rows(queue.recent(limit=50, states=("running", "queued")))
-        finished = scrub_rows(queue.recent(limit=30, states=("succeeded", "failed")))
-        deliveries = []
-        for dest in config.destinations:
-            rows = store.query(
-                "select state, count(*) as n from deliveries where destination = ? group by state", (dest.name,)
-            )
-            by_state = {r["state"]: r["n"] for r in rows}
-            last = store.query(
-                "select last_error, max(coalesce(delivered_at, 0), coalesce(next_attempt_at, 0)) as at"
-                " from deliveries where destination = ? and coalesce(last_error, '') != ''"
-                " order by id desc limit 1",
-                (dest.name,),
-            )
-            deliveries.append(
-                {
-                    "name": dest.name,
-                    "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
-                    "pending": by_state.get("pending", 0),
-                    "delivered": by_state.get("delivered", 0),
-                    "dead": by_state.get("dead", 0),
-                    "last_error": scrub(last[0]["last_error"]) if last else "",
-                }
-            )
+        jobs = scrub_rows(queue.recent(limit=50, states=(JobState.RUNNING, JobState.QUEUED)))
+        finished = scrub_rows(queue.recent(limit=30, states=(JobState.SUCCEEDED, JobState.FAILED)))
         _, active, engine_error = engines_view()
         return {
             "slots": SlotBoard(store).read(),
@@ -167,7 +164,7 @@ def create_app(
             "spool_low": not h["checks"]["disk"],
             "jobs": jobs,
             "finished": finished,
-            "deliveries": deliveries,
+            "deliveries": _delivery_rows(config, store),
             "active": active,
             "engine_error": engine_error,
             "triton": _triton_endpoints(config),
