@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 
 class StoreStatus(IntEnum):
-    """C-STORE response statuses (PS3.4 Table B.2-1; 0xC001-0xC003 are ours in the C000-CFFF range)."""
+    """C-STORE response statuses and STOW-RS Failure Reasons (PS3.4 Table B.2-1, PS3.18 10.5.3; 0xC001-0xC003 are ours)."""
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700  #: Refused: Out of Resources -- could not make the instance durable
@@ -61,6 +61,10 @@ class StoreStatus(IntEnum):
     INVALID_UID = 0xC001  #: Cannot understand: Study/Series/SOP Instance UID missing or invalid
     UID_MISMATCH = 0xC002  #: Cannot understand: data set SOP Instance UID differs from the request's
     UID_CONFLICT = 0xC003  #: Cannot understand: SOP Instance UID already stored under another study or series
+    #: Refused: SOP Class not supported (PS3.7 C.5.3; a STOW-RS Failure Reason, PS3.18 10.5.3)
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    #: Cannot understand: Referenced Transfer Syntax not supported (a STOW-RS Failure Reason, PS3.18 10.5.3)
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
 @dataclass(frozen=True)
