@@ -19,8 +19,10 @@ __all__ = ["MultipartError", "MultipartReader", "content_type_params"]
 
 #: longest header block of one part
 MAX_PART_HEADERS = 16 * 1024
-#: RFC 2046 5.1.1: 1 to 70 characters
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+#: RFC 2046 5.1.1 allows 1 to 70 characters; longer ones are accepted, as real senders use them
+#: (Orthanc 1.10's DICOMweb plugin sends 73)
+MAX_BOUNDARY = 200
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,%d}[0-9A-Za-z'()+_,\-./:=?]" % (MAX_BOUNDARY - 1))
 _PARAM = re.compile(r';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
 
 
@@ -42,7 +44,8 @@ def content_type_params(value: str) -> tuple[str, dict[str, str]]:
 def check_boundary(boundary: str) -> bytes:
     """The boundary as bytes, or :class:`MultipartError` naming it when RFC 2046 forbids it."""
     if not _BOUNDARY.fullmatch(boundary):
-        raise MultipartError(f"multipart boundary {boundary[:80]!r} is not 1-70 allowed characters (RFC 2046 5.1.1)")
+        raise MultipartError(
+            f"multipart boundary {boundary[:80]!r} is not 1-{MAX_BOUNDARY} allowed characters (RFC 2046 5.1.1)")
     return boundary.encode("ascii")
 
 

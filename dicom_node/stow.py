@@ -80,6 +80,8 @@ class StowLimits:
 
 
 def _error(status: int, message: str) -> Response:
+    """A refusal of the whole request, logged (the message names no patient data)."""
+    logger.warning("STOW-RS request refused with HTTP %d: %s", status, message)
     return JSONResponse({"error": message}, status_code=status)
 
 
