@@ -48,6 +48,7 @@ from dicom_node.errors import NodeError
 from dicom_node.limits import DataSetLimits
 from dicom_node.spool import Spool
 from dicom_node.store import InstanceSink, InstanceStore
+from dicom_node.tls import server_context
 from dicom_node.uids import is_valid_uid
 
 __all__ = ["StowClient", "StowError", "StowLimits", "StowServer"]
@@ -148,13 +149,14 @@ class StowServer:
         with self._lock:
             if self._server is not None:
                 return
-            cert, key, ca = self.tls or ("", "", "")
             config = uvicorn.Config(
                 self.app, host=self.host, port=self._port, log_level="warning", lifespan="off", access_log=False,
                 timeout_graceful_shutdown=3, limit_concurrency=self.limits.max_connections, http="h11",
-                ssl_certfile=cert or None, ssl_keyfile=key or None, ssl_ca_certs=ca or None,
-                ssl_cert_reqs=2 if ca else 0,  # ssl.CERT_REQUIRED with a CA bundle: mutual TLS
             )
+            config.load()
+            if self.tls is not None:  # the node's TLS context (TLS 1.2+, client certificates with a CA)
+                cert, key, ca = self.tls
+                config.ssl = server_context(cert, key, ca or None)
             self._executor = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="stow")
             server = uvicorn.Server(config)
             thread = threading.Thread(target=server.run, name="stow-rs", daemon=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -20,8 +22,10 @@ from dicom_node._multipart import MultipartError, MultipartReader
 from dicom_node.spool import Spool
 from dicom_node.store import INGEST_COUNTS, StoreStatus
 from dicom_node.stow import StowClient, StowError, StowLimits, StowServer
+from dicom_node.tls import client_context
 from tests.dicom_node._large import data_set_digest, write_large_instance
 from tests.dicom_node._stow_peer import multipart, post, post_and_drop
+from tests.dicom_node.test_tls import _issue
 from tests.peers import write_mr_instances
 
 TOKEN = "router-token-0123456789"
@@ -213,3 +217,34 @@ def test_unsupported_sop_class_is_refused(listener: Listener, tmp_path: Path) ->
     answer = post(listener.url, [path.read_bytes()], TOKEN)
     assert answer.status_code == 409 and _reasons(answer.json()) == [StoreStatus.SOP_CLASS_NOT_SUPPORTED]
     assert not listener.files()
+
+
+
+@pytest.mark.parametrize(("client", "accepted"), [("client", True), ("stranger", False)])
+def test_mutual_tls(tmp_path: Path, client: str, accepted: bool) -> None:
+    certs = tmp_path / "pki"
+    certs.mkdir()
+    ca = _issue("ca", None, certs)
+    _issue("server", ca, certs)
+    _issue("client", ca, certs)
+    _issue("stranger", _issue("otherca", None, certs), certs)
+    store = StateStore.for_data_dir(tmp_path / "var")
+    server = StowServer("localhost", 0, Spool(tmp_path / "var" / "spool"), StoreSink(store),
+                        [StowClient("router", TOKEN)],
+                        tls=(str(certs / "server.crt"), str(certs / "server.key"), str(certs / "ca.crt")))
+    server.start()
+    try:
+        assert server.url.startswith("https://localhost:")
+        context = client_context(certs / "ca.crt", certs / f"{client}.crt", certs / f"{client}.key")
+        body, content_type = multipart([write_mr_instances(tmp_path / "mr", 1)[0].read_bytes()])
+        try:
+            answer = httpx.post(server.url + "/studies", content=body, verify=context, timeout=30,
+                                headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"})
+            status = answer.status_code
+        except (httpx.HTTPError, ssl.SSLError):
+            status = 0
+        assert (status == 200) is accepted, status
+        assert len(list(server.store.spool.root.rglob("*.dcm"))) == (1 if accepted else 0)
+    finally:
+        server.stop()
+        store.close()
