@@ -153,6 +153,11 @@ def test_media_type_and_size_refusals(tmp_path: Path) -> None:
         assert post(small.url, [data], TOKEN, content_type="application/dicom").status_code == 415
         no_boundary = post(small.url, [data], TOKEN, content_type='multipart/related; type="application/dicom"')
         assert no_boundary.status_code == 400 and "boundary" in no_boundary.text
+        body, content_type = multipart([data, data])
+        announced = httpx.post(small.url, content=body, timeout=30,  # Content-Length: refused unread
+                               headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"})
+        assert announced.status_code == 413 and "exceeds" in announced.text
+        assert not small.files()
         too_large = post(small.url, [data, data], TOKEN)  # chunked: refused as the body passes the limit
         assert too_large.status_code == 413, too_large.text
         assert post(small.url, [], TOKEN).status_code == 400
