@@ -56,6 +56,9 @@ __all__ = ["StowClient", "StowError", "StowLimits", "StowServer"]
 logger = logging.getLogger(__name__)
 
 _ACCEPTABLE = ("application/dicom+json", "application/json", "application/*", "*/*")
+#: a refused client address is logged at most once in this many seconds (as the DIMSE listener does)
+_LOG_EVERY = 5.0
+_LOGGED_ADDRESSES = 1024
 
 
 class StowError(NodeError):
@@ -124,6 +127,7 @@ class StowServer:
             Route(f"{base}/studies/{{study}}", self._stow, methods=["POST"]),
         ])
         self._executor: ThreadPoolExecutor | None = None
+        self._refusals_logged: dict[str, float] = {}  # address -> when; touched on the event loop only
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -204,12 +208,22 @@ class StowServer:
                 found = name
         return found
 
+    def _log_refusal(self, address: str) -> None:
+        """Log a refused request, at most once per address every :data:`_LOG_EVERY` seconds (no token logged)."""
+        now = time.monotonic()
+        if now - self._refusals_logged.get(address, -_LOG_EVERY) < _LOG_EVERY:
+            return
+        if len(self._refusals_logged) >= _LOGGED_ADDRESSES:
+            self._refusals_logged.clear()
+        self._refusals_logged[address] = now
+        logger.warning("STOW-RS request from %s refused: no or unknown bearer token", address)
+
     async def _stow(self, request: Request) -> Response:
         """One Store Transaction (PS3.18 10.5.1): refuse what cannot be served, else receive the body."""
         address = request.client.host if request.client else "?"
         client = self._authenticate(request)
         if client is None:
-            logger.warning("STOW-RS request from %s refused: no or unknown bearer token", address)
+            self._log_refusal(address)
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dicomweb"'})
         study = request.path_params.get("study", "")
         if study and not is_valid_uid(study):

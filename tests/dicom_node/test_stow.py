@@ -105,6 +105,9 @@ def test_a_request_without_a_known_token_is_refused_unread(
     assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")
     assert not listener.rows() and not listener.files()
     assert "no or unknown bearer token" in caplog.text
+    for _ in range(3):  # a client hammering with a bad token does not flood the log
+        assert post(listener.url, [b"x"], token).status_code == 401
+    assert caplog.text.count("no or unknown bearer token") == 1
     assert (token or TOKEN) not in caplog.text and paths[0].stem not in caplog.text
 
 
