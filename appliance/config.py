@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
 
@@ -231,6 +231,59 @@ class WebSettings(_Section):
     header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
+class DicomwebClientSettings(_Section):
+    """A DICOMweb client allowed to store by STOW-RS (the DICOMweb counterpart of ``[[peers]]``)."""
+
+    #: the client's name in logs, records and the stored files' Source AE Title
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,16}$")]
+    #: the bearer token it sends (``Authorization: Bearer <token>``); at least 16 characters
+    token: Annotated[str, Field(min_length=16, pattern=r"^[!-~]+$")]
+
+
+class DicomwebSettings(_Section):
+    """The STOW-RS listener (PS3.18 10.5); the section absent: no listener."""
+
+    host: str = "127.0.0.1"  #: address the STOW-RS listener binds
+    port: Annotated[int, Field(ge=0, le=65535)] = 8081  #: its port (0: any free port)
+    tls: TlsSettings = TlsSettings()  #: like ``[node] tls``; a ``ca`` requires client certificates
+    #: who may store; each sends its token as a bearer token
+    clients: tuple[DicomwebClientSettings, ...] = ()
+    #: refuse (401) requests without a listed client's token; false only on a trusted network
+    require_token: bool = True
+    #: body bytes of one request; more is refused with 413
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 16 << 30
+    #: seconds a request body may stall before it is dropped (408)
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    #: open STOW-RS connections at once; more are answered 503
+    max_connections: Annotated[int, Field(ge=1)] = 32
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_complete(cls, value: TlsSettings) -> TlsSettings:
+        if value.enabled and not (value.cert and value.key):
+            raise ValueError("TLS needs both 'cert' and 'key' when any TLS file is set")
+        return value
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, value: tuple[DicomwebClientSettings, ...]) -> tuple[DicomwebClientSettings, ...]:
+        names = [c.name for c in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dicomweb client names must be unique, repeated: {', '.join(dupes)}")
+        tokens = [c.token for c in value]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("dicomweb client tokens must be unique (a token names its client)")
+        return value
+
+    @model_validator(mode="after")
+    def _clients_when_required(self) -> "DicomwebSettings":
+        if self.require_token and not self.clients:
+            raise ValueError("require_token is true but no [[dicomweb.clients]] is listed: add a client, "
+                             "or set require_token = false on a trusted network")
+        return self
+
+
 class Config(_Section):
     """The whole configuration, frozen after load."""
 
@@ -250,6 +303,8 @@ class Config(_Section):
     worker: WorkerSettings = WorkerSettings()
     pathology: PathologyConfig = PathologyConfig()
     web: WebSettings = WebSettings()
+    #: the STOW-RS listener; None (no ``[dicomweb]`` section): none
+    dicomweb: DicomwebSettings | None = None
 
     @field_validator("destinations")
     @classmethod

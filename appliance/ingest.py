@@ -23,9 +23,10 @@ from dicom_node.errors import DuplicateInstance
 from dicom_node.limits import DEFAULT_SOP_CLASS_LIMITS, DataSetLimits, NetworkLimits
 from dicom_node.scp import InstanceRecord, StorageSCP
 from dicom_node.spool import Spool
+from dicom_node.stow import StowClient, StowLimits, StowServer
 from dicom_node.tls import server_context
 
-__all__ = ["StoreSink", "node_component", "spool_dir"]
+__all__ = ["StoreSink", "node_component", "spool_dir", "stow_component"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,36 @@ def spool_dir(config: Config) -> Path:
     return config.data_dir / "spool"
 
 
+def _dataset_limits(config: Config) -> DataSetLimits:
+    node = config.node
+    return DataSetLimits(
+        max_bytes=node.max_dataset_bytes,
+        by_sop_class={**DEFAULT_SOP_CLASS_LIMITS, **node.max_dataset_bytes_by_sop_class},
+        max_inflated_bytes=node.max_inflated_bytes, max_inflate_ratio=node.max_inflate_ratio,
+        max_depth=node.max_sequence_depth,
+    )
+
+
+def stow_component(config: Config, store: StateStore) -> StowServer | None:
+    """The STOW-RS listener from ``[dicomweb]`` (None without the section), into the same spool and store.
+
+    Its instances take the node's path: the same spool, ``min_free_bytes`` and
+    data-set limits, rows through the same :class:`StoreSink`.
+    """
+    web = config.dicomweb
+    if web is None:
+        return None
+    tls = (web.tls.cert, web.tls.key, web.tls.ca) if web.tls.enabled else None
+    return StowServer(
+        host=web.host, port=web.port, spool=Spool(spool_dir(config), config.node.min_free_bytes),
+        sink=StoreSink(store), clients=[StowClient(c.name, c.token) for c in web.clients],
+        require_token=web.require_token, tls=tls,
+        limits=StowLimits(max_request_bytes=web.max_request_bytes, idle_timeout=web.idle_timeout,
+                          max_connections=web.max_connections),
+        dataset_limits=_dataset_limits(config),
+    )
+
+
 def node_component(config: Config, store: StateStore) -> StorageSCP:
     """The storage SCP configured from ``[node]`` and ``[[peers]]``, committing into ``store``."""
     node = config.node
@@ -89,11 +120,6 @@ def node_component(config: Config, store: StateStore) -> StorageSCP:
             tls_handshake_timeout=node.tls_handshake_timeout, max_connections=node.max_connections,
             max_connections_per_source=node.max_connections_per_source, backlog=node.listen_backlog,
         ),
-        dataset_limits=DataSetLimits(
-            max_bytes=node.max_dataset_bytes,
-            by_sop_class={**DEFAULT_SOP_CLASS_LIMITS, **node.max_dataset_bytes_by_sop_class},
-            max_inflated_bytes=node.max_inflated_bytes, max_inflate_ratio=node.max_inflate_ratio,
-            max_depth=node.max_sequence_depth,
-        ),
+        dataset_limits=_dataset_limits(config),
     )
 

@@ -44,6 +44,7 @@ ComponentFactory = Callable[[Config, StateStore], "Component | None"]
 #: ``"module:function"`` factories building the service's components, in start order.
 COMPONENT_FACTORIES: tuple[str, ...] = (
     "appliance.ingest:node_component",
+    "appliance.ingest:stow_component",
     "appliance.assembly:assembly_component",
     "appliance.worker:worker_component",
     "appliance.outbox:delivery_component",

@@ -20,12 +20,18 @@ from appliance.config import Config
 from appliance.jobs import backpressure
 from appliance.slots import SlotBoard
 from appliance.state import DELIVERY_STATES, DeliveryState, JobState, StateStore
+from dicom_node.store import INGEST_COUNTS
 
-__all__ = ["JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "metrics_registry", "triton_metrics"]
+__all__ = [
+    "INGEST_TRANSPORTS", "JOB_BUCKETS", "LATENCY_BUCKETS", "StoreCollector", "free_bytes", "ingest_by_transport",
+    "ingest_metrics", "metrics_registry", "triton_metrics",
+]
 
 JOB_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 RECENT_JOBS_FOR_RATE = 20
+#: how instances arrive: DIMSE C-STORE and DICOMweb STOW-RS (labels of the ingest counters)
+INGEST_TRANSPORTS = ("dimse", "stowrs")
 
 
 def free_bytes(path: Path) -> int:
@@ -113,6 +119,7 @@ class StoreCollector(Collector):
         failures.add_metric(["delivery"], float(store.deliveries.count_by_state()[DeliveryState.DEAD]))
         yield failures
         yield from triton_metrics()
+        yield from ingest_metrics()
 
     def _tile_rate(self) -> tuple[int, float]:
         tiles, seconds = 0, 0.0
@@ -142,6 +149,24 @@ def triton_metrics() -> Iterator[Metric]:
         requests.add_metric(key, float(s.requests))
         errors.add_metric(key, float(s.errors))
     yield from (healthy, inflight, latency, requests, errors)
+
+
+def ingest_by_transport() -> dict[str, dict[str, int]]:
+    """Instances stored and failed by this process, per transport (``{"dimse": {"stored": N, "failed": N}, ...}``)."""
+    counts = INGEST_COUNTS.snapshot()
+    return {transport: {outcome: counts.get((transport, outcome), 0) for outcome in ("stored", "failed")}
+            for transport in INGEST_TRANSPORTS}
+
+
+def ingest_metrics() -> Iterator[Metric]:
+    """Instances stored and refused since the service started, by transport (C-STORE beside STOW-RS)."""
+    family = CounterMetricFamily("appliance_ingest_instances",
+                                 "Instances received since start by transport and outcome",
+                                 labels=["transport", "outcome"])
+    for transport, outcomes in ingest_by_transport().items():
+        for outcome, n in outcomes.items():
+            family.add_metric([transport, outcome], float(n))
+    yield family
 
 
 def _slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:

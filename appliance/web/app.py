@@ -38,7 +38,7 @@ from appliance.web._guard import (
     is_form,
     receive_upload,
 )
-from appliance.web._metrics import free_bytes, metrics_registry
+from appliance.web._metrics import free_bytes, ingest_by_transport, metrics_registry
 from appliance.web._scrub import scrub, scrub_rows
 
 __all__ = ["create_app"]
@@ -168,6 +168,7 @@ def create_app(
             "active": active,
             "engine_error": engine_error,
             "triton": _triton_endpoints(config),
+            "ingest": ingest_by_transport(),
             "config": config,
             "ago": _ago,
         }
