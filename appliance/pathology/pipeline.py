@@ -16,6 +16,7 @@ import logging
 import math
 import queue
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,17 +175,45 @@ def _produce(reader: SlideReader, grid: TileGrid, tiler: Tiler,
         out.put(exc)
 
 
-def _infer(engine: EngineLike, name: str, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
+def _padded(engine: EngineLike, x: np.ndarray) -> np.ndarray:
+    """``x`` padded with zeros up to the engine's smallest batch (a short last batch)."""
     sizes = getattr(engine, "batch_sizes", None)
     n = x.shape[0]
-    if sizes is not None and n < sizes.start:  # pad a short last batch
+    if sizes is not None and n < sizes.start:
         x = np.concatenate([x, np.zeros((sizes.start - n,) + x.shape[1:], x.dtype)])
-    try:
-        return engine.infer({name: x})
-    except EngineUnavailable:
-        raise  # not the study's fault: the job goes back to the queue, its saved tiles kept
-    except Exception as exc:
-        raise JobFailed(f"{what} engine failed: {exc}") from exc
+    return x
+
+
+def _tile_batches(q: "queue.Queue[Any]", engine: EngineLike, sent: "deque[tuple[int, int]]"
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """The reader thread's batches as engine inputs, in order; ``sent`` records each batch's (first tile, count)."""
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            if isinstance(item, JobFailed):
+                raise item
+            raise JobFailed(f"reading the slide failed: {item}") from item
+        first, x = item
+        sent.append((first, x.shape[0]))
+        yield {"image": _padded(engine, x)}
+
+
+def _infer_stream(engine: EngineLike, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Tile engine outputs of ``batches`` in order, several in flight where the backend can (Triton's pool)."""
+    many = getattr(engine, "infer_many", None)
+    results = many(batches) if many is not None else (engine.infer(b) for b in batches)
+    while True:
+        try:
+            out = next(results)
+        except StopIteration:
+            return
+        except (EngineUnavailable, JobFailed):
+            raise  # an unreachable engine sends the job back to the queue; a reader failure is the slide's
+        except Exception as exc:
+            raise JobFailed(f"tile engine failed: {exc}") from exc
+        yield out
 
 
 def _plan(reader: SlideReader, tile_engine: EngineLike, settings: PathologySettings,
@@ -220,18 +249,12 @@ def _encode(reader: SlideReader, grid: TileGrid, tile_engine: EngineLike, store:
                               args=(reader, grid, tiler, batch, size, settings, q, stop, start))
     worker.start()
     done, saved_at = start, time.monotonic()
+    sent: deque[tuple[int, int]] = deque()
     try:
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                if isinstance(item, JobFailed):
-                    raise item
-                raise JobFailed(f"reading the slide failed: {item}") from item
-            first, x = item
-            store.write(first, _infer(tile_engine, "image", x, "tile")["embedding"][: x.shape[0]])
-            done = first + x.shape[0]
+        for out in _infer_stream(tile_engine, _tile_batches(q, tile_engine, sent)):
+            first, n = sent.popleft()
+            store.write(first, out["embedding"][:n])
+            done = first + n
             if time.monotonic() - saved_at >= settings.checkpoint_seconds:
                 store.checkpoint(done)
                 saved_at = time.monotonic()
