@@ -114,6 +114,7 @@ class StoreCollector(Collector):
                                    (dest.name, state)):
                     deliveries.add_metric([dest.name, state], 0.0)
         yield deliveries
+        yield from _destination_kinds(self.config, store)
         yield from _slot_metrics(SlotBoard(store).read())
         failures = CounterMetricFamily("appliance_failures", "Failed jobs and dead deliveries", labels=["kind"])
         failures.add_metric(["job"], float(counts.get("failed", 0)))
@@ -138,6 +139,25 @@ class StoreCollector(Collector):
             tiles += int(result.get("tiles_scored", 0))
             seconds += float(result.get("seconds", {}).get("pipeline", 0.0))
         return tiles, seconds
+
+
+def _destination_kinds(config: Config, store: StateStore) -> Iterator[Metric]:
+    """Each configured destination's kind (dimse: C-STORE, dicomweb: STOW-RS), and deliveries by kind and state."""
+    kinds = {d.name: d.kind for d in config.destinations}
+    info = GaugeMetricFamily("appliance_destination_kind", "1 for each configured destination and its kind",
+                             labels=["destination", "kind"])
+    for name, kind in kinds.items():
+        info.add_metric([name, kind], 1.0)
+    yield info
+    by_kind = {(kind, state): 0 for kind in sorted(set(kinds.values())) for state in DELIVERY_STATES}
+    for row in store.query("select destination, state, count(*) as n from deliveries group by destination, state"):
+        kind = kinds.get(row["destination"], "unconfigured")
+        by_kind[(kind, row["state"])] = by_kind.get((kind, row["state"]), 0) + row["n"]
+    family = GaugeMetricFamily("appliance_deliveries_by_kind", "Deliveries by destination kind and state",
+                               labels=["kind", "state"])
+    for (kind, state), n in by_kind.items():
+        family.add_metric([kind, state], float(n))
+    yield family
 
 
 def triton_metrics() -> Iterator[Metric]:

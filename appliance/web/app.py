@@ -149,7 +149,8 @@ def create_app(
             deliveries.append(
                 {
                     "name": dest.name,
-                    "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
+                    "kind": "DICOMweb (STOW-RS)" if dest.kind == "dicomweb" else "DIMSE (C-STORE)",
+                    "target": dest.url if dest.kind == "dicomweb" else f"{dest.ae_title}@{dest.host}:{dest.port}",
                     "pending": by_state.get("pending", 0),
                     "delivered": by_state.get("delivered", 0),
                     "dead": by_state.get("dead", 0),
