@@ -79,16 +79,23 @@ class WebDestination:
         return f"{self.name} ({self.url})"
 
 
-class _TimeoutAdapter(HTTPAdapter):
-    """Gives every request of a session a timeout (dicomweb-client passes none)."""
+class _DestinationAdapter(HTTPAdapter):
+    """Gives every request of a session a timeout (dicomweb-client passes none) and the destination's CA.
 
-    def __init__(self, timeout: float) -> None:
+    requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment override a session's
+    ``verify`` (psf/requests#3829), so the configured CA bundle is applied here, where nothing overrides it.
+    """
+
+    def __init__(self, timeout: float, ca: str) -> None:
         super().__init__(max_retries=0)
         self._timeout = timeout
+        self._ca = ca
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
+        if self._ca:
+            kwargs["verify"] = self._ca
         return super().send(request, **kwargs)
 
 
@@ -103,7 +110,7 @@ class _Connection:
         add_certs_to_session(session, ca_bundle=destination.ca or None)
         if destination.cert:
             session.cert = (destination.cert, destination.key) if destination.key else destination.cert
-        adapter = _TimeoutAdapter(timeout)
+        adapter = _DestinationAdapter(timeout, destination.ca)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self.session = session

@@ -130,3 +130,33 @@ def test_echo_sends_the_bearer_token(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert _TokenService.seen[0] == "/dicom-web/studies?limit=1 Bearer T0KEN"
+
+
+def test_echo_over_https_with_the_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    """A TLS server that requires a client certificate signed by the test CA (Python's ssl as the peer)."""
+    import ssl
+
+    from tests.dicom_node._delivery_helpers import write_tls_files
+
+    ca, cert, key = write_tls_files(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    _TokenService.token, _TokenService.seen = "T", []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenService)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/dicom-web"
+        code, output = _echo(tmp_path, {"url": url, "token": "T", "ca": str(ca), "cert": str(cert), "key": str(key)})
+        assert code == 0, output
+        code, output = _echo(tmp_path, {"url": url, "token": "T", "cert": str(cert), "key": str(key)})
+        assert code == 1 and "TLS handshake failed (certificate not trusted?)" in output
+        code, output = _echo(tmp_path, {"url": url, "token": "T", "ca": str(ca)})  # no client certificate
+        assert code == 1 and "cannot reach web" in output
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _TokenService.seen == ["/dicom-web/studies?limit=1 Bearer T"]
