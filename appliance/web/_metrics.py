@@ -143,7 +143,7 @@ class StoreCollector(Collector):
 
 def _destination_kinds(config: Config, store: StateStore) -> Iterator[Metric]:
     """Each configured destination's kind (dimse: C-STORE, dicomweb: STOW-RS), and deliveries by kind and state."""
-    kinds = {d.name: d.kind for d in config.destinations}
+    kinds: dict[str, str] = {d.name: d.kind for d in config.destinations}
     info = GaugeMetricFamily("appliance_destination_kind", "1 for each configured destination and its kind",
                              labels=["destination", "kind"])
     for name, kind in kinds.items():
