@@ -47,6 +47,7 @@ from dicom_node._c_store import UnsendableFile, read_info
 from dicom_node.delivery import PendingDelivery
 from dicom_node.errors import DeliveryFailed, DeliveryRefused
 from dicom_node.scu import StoreResult, describe_status
+from dicom_node.uids import is_valid_uid
 
 __all__ = ["STOW_FILE_LIMIT", "StowClient", "WebDestination"]
 
@@ -219,7 +220,7 @@ class StowClient:
         conn = self._connection(destination)
         conn.response = None
         try:
-            conn.client.store_instances([dataset], study_instance_uid=study_uid or None)
+            conn.client.store_instances([dataset], study_instance_uid=study_uid if is_valid_uid(study_uid) else None)
         except requests.HTTPError as exc:
             raise _refusal(destination, exc.response, info.sop_instance_uid) from None
         except requests.RequestException as exc:
