@@ -10,6 +10,7 @@ on each other.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Iterator
@@ -99,13 +100,15 @@ def _rows(store: StateStore) -> dict[str, dict[str, object]]:
 
 
 def test_an_sr_is_stored_by_stow_rs_found_by_qido_and_byte_identical(
-    web_pacs: Orthanc, store: StateStore, data_dir: Path
+    web_pacs: Orthanc, store: StateStore, data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sr = _queue_sr(store, data_dir, ["web"])
-    study, _, sop = _uids(sr)
+    study, series, sop = _uids(sr)
     recorder = Recorder()
+    caplog.set_level(logging.INFO)  # the service's level: dicomweb-client's INFO lines name the study
     outcomes = _sender(store, [_web(web_pacs)], recorder).run_once("web")
     assert [o.state for o in outcomes] == ["delivered"], outcomes
+    assert not {study, series, sop} & {word.strip('"') for word in caplog.text.split()}, caplog.text
     assert _qido(web_pacs, study) == [sop]
     assert _stored_bytes(web_pacs, sop) == sr.read_bytes()
     assert _rows(store)[sop]["state"] == "delivered"
