@@ -29,8 +29,10 @@ its logger is held at WARNING (invariant 4).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ from dicomweb_client.session_utils import add_certs_to_session, create_session, 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 
 from dicom_node._c_store import UnsendableFile, read_info
 from dicom_node.delivery import PendingDelivery
@@ -80,17 +83,46 @@ class WebDestination:
         return f"{self.name} ({self.url})"
 
 
+def _tracking(pool_cls: type[HTTPConnectionPool], live: weakref.WeakSet[Any]) -> type[HTTPConnectionPool]:
+    """``pool_cls`` that adds every connection it opens to ``live`` (so a stopping sender can close them)."""
+
+    class Tracking(pool_cls):  # type: ignore[valid-type,misc]
+        def _new_conn(self) -> Any:
+            conn = super()._new_conn()
+            live.add(conn)
+            return conn
+
+    return Tracking
+
+
 class _DestinationAdapter(HTTPAdapter):
     """Gives every request of a session a timeout (dicomweb-client passes none) and the destination's CA.
 
     requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment override a session's
     ``verify`` (psf/requests#3829), so the configured CA bundle is applied here, where nothing overrides it.
+    :meth:`abort` shuts every connection down, also one waiting for an answer.
     """
 
     def __init__(self, timeout: float, ca: str) -> None:
+        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
         super().__init__(max_retries=0)
         self._timeout = timeout
         self._ca = ca
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _tracking(HTTPConnectionPool, self._live), "https": _tracking(HTTPSConnectionPool, self._live),
+        }
+
+    def abort(self) -> None:
+        for conn in list(self._live):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
@@ -111,9 +143,9 @@ class _Connection:
         add_certs_to_session(session, ca_bundle=destination.ca or None)
         if destination.cert:
             session.cert = (destination.cert, destination.key) if destination.key else destination.cert
-        adapter = _DestinationAdapter(timeout, destination.ca)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        self.adapter = _DestinationAdapter(timeout, destination.ca)
+        session.mount("http://", self.adapter)
+        session.mount("https://", self.adapter)
         self.session = session
         self.response: requests.Response | None = None
         headers = {"Authorization": f"Bearer {destination.token}"} if destination.token else None
@@ -169,11 +201,11 @@ class StowClient:
             return conn
 
     def abort_all(self) -> None:
-        """Close every session's pooled connections (a request in flight ends within ``timeout``)."""
+        """Shut every connection down, also those waiting for an answer (from any thread; the sender stops)."""
         with self._lock:
             connections = list(self._connections.values())
         for conn in connections:
-            conn.session.close()
+            conn.adapter.abort()
 
     def echo(self, destination: WebDestination) -> float:
         """QIDO-RS ``GET {url}/studies?limit=1`` (PS3.18 10.6); the round trip in seconds, or DeliveryFailed."""

@@ -120,3 +120,31 @@ def test_each_answer_ends_the_delivery_as_ps3_18_says(
     assert says in outcome.reason
     assert row["state"] == {"retry": "pending"}.get(state, state)
     assert _Archive.paths == ["/dicom-web/studies"]  # no job row: the study is unknown, so no study in the URL
+
+
+def test_abort_all_ends_a_request_waiting_on_a_hung_archive(data_dir: Path) -> None:
+    """A stopping sender does not wait out the request timeout (60 s here) on an archive that never answers."""
+    from dicom_node.delivery import PendingDelivery
+    from tests.dicom_node._delivery_helpers import silent_listener
+
+    (path,) = write_mr_instances(outbox_dir(data_dir), 1, study_each=True)
+    client = StowClient(timeout=60)
+    with silent_listener() as port:
+        destination = WebDestination("hung", f"http://127.0.0.1:{port}/dicom-web")
+        delivery = PendingDelivery(1, "hung", path, path.stem, 0, 0.0)
+        results: list[Any] = []
+        worker = threading.Thread(target=lambda: results.extend(client.send_batch(destination, [delivery])))
+        worker.start()
+        sending = threading.Event()
+        for _ in range(300):  # until the request is on its connection (the kernel completed the handshake)
+            live = client._connections.get(destination)
+            if live is not None and any(getattr(c, "sock", None) for c in live.adapter._live):
+                sending.set()
+                break
+            sending.wait(0.05)
+        assert sending.is_set()
+        client.abort_all()
+        worker.join(timeout=20)
+        assert not worker.is_alive()
+    (result,) = results
+    assert not result.ok and "connection refused, reset or unreachable" in str(result.error)
