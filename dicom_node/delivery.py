@@ -41,6 +41,7 @@ __all__ = [
     "Outcome",
     "PendingDelivery",
     "RetryPolicy",
+    "Target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,9 @@ class Target(Protocol):
 class FileSender(Protocol):
     """Sends one batch of files to one destination; one StoreResult per delivery, in order."""
 
-    def send_batch(self, destination: Any, batch: Sequence[PendingDelivery], stop: threading.Event) -> list[StoreResult]:
-        ...
+    def send_batch(
+        self, destination: Any, batch: Sequence[PendingDelivery], stop: threading.Event
+    ) -> list[StoreResult]: ...
 
     def abort_all(self) -> None:
         """Stop what is in flight (from another thread): the sender is stopping."""
@@ -132,7 +134,9 @@ class DimseSender:
     def __init__(self, scu: StorageSCU) -> None:
         self.scu = scu
 
-    def send_batch(self, destination: Destination, batch: Sequence[PendingDelivery], stop: threading.Event) -> list[StoreResult]:
+    def send_batch(
+        self, destination: Destination, batch: Sequence[PendingDelivery], stop: threading.Event
+    ) -> list[StoreResult]:
         return self.scu.send_files(destination, [d.path for d in batch], stop=stop)
 
     def abort_all(self) -> None:
@@ -168,7 +172,8 @@ class DeliverySender:
         self._senders: dict[str, FileSender] = {"dimse": DimseSender(scu), **(senders or {})}
         unsent = sorted({d.kind for d in self._destinations.values()} - set(self._senders))
         if unsent:
-            raise ValueError(f"no sender for destinations of kind {', '.join(unsent)}; known: {', '.join(self._senders)}")
+            known = ", ".join(self._senders)
+            raise ValueError(f"no sender for destinations of kind {', '.join(unsent)}; known: {known}")
         self._policy = policy
         self._batch_size = batch_size
         self._poll = poll_interval

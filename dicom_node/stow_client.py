@@ -43,6 +43,7 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import add_certs_to_session, create_session, create_session_from_user_pass
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pynetdicom.status import Status
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -214,7 +215,8 @@ class StowClient:
         try:
             conn.client.search_for_studies(limit=1)
         except requests.HTTPError as exc:
-            raise DeliveryFailed(f"{destination} answered the QIDO-RS query with {_http_reason(exc.response)}") from None
+            status = _http_reason(exc.response)
+            raise DeliveryFailed(f"{destination} answered the QIDO-RS query with {status}") from None
         except requests.RequestException as exc:
             raise DeliveryFailed(f"cannot reach {destination}: {_connection_error(exc, self.timeout)}") from None
         except ValueError as exc:  # a body that is not a QIDO-RS response
@@ -236,23 +238,28 @@ class StowClient:
                 results.append(StoreResult(delivery.path, delivery.sop_instance_uid, error=broken))
                 continue
             try:
-                self._store(destination, delivery.path, delivery.study_uid)
-                results.append(StoreResult(delivery.path, delivery.sop_instance_uid, status=0))
+                status = self._store(destination, delivery.path, delivery.study_uid)
+                results.append(StoreResult(delivery.path, delivery.sop_instance_uid, status=status))
             except _Unreachable as exc:
                 broken = DeliveryFailed(str(exc))
                 results.append(StoreResult(delivery.path, delivery.sop_instance_uid, error=broken))
             except DeliveryFailed as exc:
                 results.append(StoreResult(delivery.path, delivery.sop_instance_uid, error=exc))
+            except Exception as exc:  # noqa: BLE001 - a bug must fail the file, not the sender
+                logger.exception("unexpected error sending to %s", destination)
+                failure = DeliveryFailed(f"unexpected error sending to {destination}: {type(exc).__name__}")
+                results.append(StoreResult(delivery.path, delivery.sop_instance_uid, error=failure))
         return results
 
-    def _store(self, destination: WebDestination, path: Path, study_uid: str) -> None:
-        """STOW-RS one file; return when the service listed it as stored, else raise DeliveryFailed."""
+    def _store(self, destination: WebDestination, path: Path, study_uid: str) -> int:
+        """STOW-RS one file; its Warning Reason or Success once the service listed it as stored, else DeliveryFailed."""
         info = read_info(path)
         dataset = _read_dataset(path)
         conn = self._connection(destination)
         conn.response = None
         try:
-            conn.client.store_instances([dataset], study_instance_uid=study_uid if is_valid_uid(study_uid) else None)
+            study = study_uid if is_valid_uid(study_uid) else None
+            conn.client.store_instances([dataset], study_instance_uid=study)
         except requests.HTTPError as exc:
             raise _refusal(destination, exc.response, info.sop_instance_uid) from None
         except requests.RequestException as exc:
@@ -265,12 +272,15 @@ class StowClient:
         reason = _failure_reason(answer, info.sop_instance_uid)
         if reason is not None:
             raise _failed(destination, status, reason)
-        stored = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in getattr(answer, "ReferencedSOPSequence", None) or []}
+        listed = getattr(answer, "ReferencedSOPSequence", None) or []
+        stored = {str(item.get("ReferencedSOPInstanceUID", "")): item for item in listed}
         if info.sop_instance_uid not in stored:
             raise DeliveryFailed(f"{destination} answered {status} but did not list the instance as stored")
         warning = stored[info.sop_instance_uid].get(_WARNING_REASON)
-        if warning is not None and warning.value is not None:
-            logger.info("%s stored a result with %s", destination, describe_status(int(warning.value)))
+        if warning is None or warning.value is None:
+            return int(Status.SUCCESS)
+        logger.info("%s stored a result with %s", destination, describe_status(int(warning.value)))
+        return int(warning.value)
 
 
 class _Unreachable(DeliveryFailed):
