@@ -47,12 +47,16 @@ def test_bad_dicomweb_destinations_are_named(destination: dict[str, object], mes
         parse_config({"destinations": [{"name": "a", **destination}]})
 
 
-def test_secrets_never_appear_in_a_configuration_error() -> None:
-    bad = {"name": "a", "kind": "dicomweb", "url": "http://h/dw", "token": "TOKEN-123", "basic": "u:PASS-456", "x": 1}
-    with pytest.raises(ConfigError) as info:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [({"x": 1}, "Extra inputs are not permitted"), ({"ae_title": "Y"}, "does not take ae_title"), ({}, "not both")],
+)
+def test_secrets_never_appear_in_a_configuration_error(extra: dict[str, object], message: str) -> None:
+    bad = {"name": "a", "kind": "dicomweb", "url": "http://h/dw", "token": "TOKEN-123", "basic": "u:PASS-456", **extra}
+    with pytest.raises(ConfigError, match=message) as info:
         parse_config({"destinations": [bad]})
     assert "TOKEN-123" not in str(info.value) and "PASS-456" not in str(info.value)
-    assert "Extra inputs are not permitted" in str(info.value)
+    assert "'token': '<redacted>'" in str(info.value) or "destinations.0.x" in str(info.value)
 
 
 def test_a_dicomweb_destination_and_its_credentials() -> None:
