@@ -21,6 +21,7 @@ from appliance.errors import ApplianceError
 from appliance.state import StateStore
 from dicom_node.delivery import DeliverySender, PendingDelivery, RetryPolicy
 from dicom_node.scu import Destination, StorageSCU
+from dicom_node.stow_client import StowClient, WebDestination
 
 __all__ = [
     "Outbox",
@@ -28,6 +29,8 @@ __all__ = [
     "destination_from",
     "enqueue",
     "outbox_dir",
+    "stow_client_for",
+    "web_destination_from",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class Outbox:
                 sop_instance_uid=r["sop_instance_uid"],
                 attempts=r["attempts"] or 0,
                 created_at=r["created_at"],
+                study_uid=r["study_uid"],
             )
             for r in rows
         ]
@@ -96,7 +100,9 @@ class Outbox:
 
 
 def destination_from(settings: DestinationSettings, config: Config) -> Destination:
-    """The SCU's view of a configured destination; ``tls = true`` uses the node's TLS files."""
+    """The SCU's view of a configured ``dimse`` destination; ``tls = true`` uses the node's TLS files."""
+    if settings.kind != "dimse" or settings.ae_title is None:
+        raise ApplianceError(f"destination {settings.name!r} is of kind {settings.kind!r}, not a DIMSE storage SCP")
     context = None
     if settings.tls:
         from dicom_node.tls import client_context
@@ -106,9 +112,25 @@ def destination_from(settings: DestinationSettings, config: Config) -> Destinati
     return Destination(settings.name, settings.ae_title, settings.host, settings.port, ssl_context=context)
 
 
+def web_destination_from(settings: DestinationSettings) -> WebDestination:
+    """The STOW-RS client's view of a configured ``dicomweb`` destination."""
+    if settings.kind != "dicomweb":
+        raise ApplianceError(f"destination {settings.name!r} is of kind {settings.kind!r}, not a DICOMweb service")
+    user, _, password = settings.basic.partition(":")
+    return WebDestination(
+        settings.name, settings.url, token=settings.token, basic=(user, password) if settings.basic else None,
+        cert=settings.cert, key=settings.key, ca=settings.ca,
+    )
+
+
 def scu_for(config: Config) -> StorageSCU:
     """An SCU calling as our AE title, bounded by ``[delivery] timeout_seconds``."""
     return StorageSCU(config.node.ae_title, timeout=config.delivery.timeout_seconds)
+
+
+def stow_client_for(config: Config) -> StowClient:
+    """A STOW-RS client whose every request is bounded by ``[delivery] timeout_seconds``."""
+    return StowClient(timeout=config.delivery.timeout_seconds)
 
 
 def delivery_component(config: Config, store: StateStore) -> DeliverySender | None:
@@ -118,11 +140,14 @@ def delivery_component(config: Config, store: StateStore) -> DeliverySender | No
         if outbox.pending_destinations():
             logger.warning("deliveries are pending but no destination is configured; they wait")
         return None
-    destinations = {d.name: destination_from(d, config) for d in config.destinations}
+    destinations: dict[str, Destination | WebDestination] = {
+        d.name: web_destination_from(d) if d.kind == "dicomweb" else destination_from(d, config)
+        for d in config.destinations
+    }
     outbox = Outbox(store)
     unknown = outbox.pending_destinations() - set(destinations)
     if unknown:
         logger.warning("deliveries pending for unconfigured destination(s) %s wait", ", ".join(sorted(unknown)))
     settings = config.delivery
     policy = RetryPolicy(settings.initial_backoff_seconds, settings.max_backoff_seconds, settings.max_age_seconds)
-    return DeliverySender(outbox, destinations, scu_for(config), policy)
+    return DeliverySender(outbox, destinations, scu_for(config), policy, senders={"dicomweb": stow_client_for(config)})

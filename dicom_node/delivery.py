@@ -2,14 +2,19 @@
 
 Deliveries come from a queue that satisfies :class:`DeliveryQueue` (the
 appliance's outbox over its state store; this package never imports it). One
-worker thread per destination sends that destination's due deliveries over one
-association per batch, so a dead or slow PACS only ever delays its own rows.
+worker thread per destination sends that destination's due deliveries (over one
+association per batch, or one STOW-RS request per file), so a dead or slow PACS only
+ever delays its own rows. The sender of a destination is picked by its ``kind``:
+:class:`DimseSender` (C-STORE, ``dicom_node.scu``) for ``"dimse"``, and whatever
+:class:`FileSender` the caller registers for another kind
+(``dicom_node.stow_client.StowClient`` for ``"dicomweb"``).
 
 A failure (refused, rejected or aborted association, timeout, non-success
 status) is retried after ``initial * 2**(attempts-1)`` seconds, capped at
 ``max_backoff`` and scaled by a random factor in [0.5, 1] (jitter, so many rows
 do not retry in lock step); once the row is older than ``max_age`` it is marked
-dead with the last reason. A file that cannot be read at all is dead at once.
+dead with the last reason. A file that cannot be read at all, or one the destination
+refused for good (:class:`~dicom_node.errors.DeliveryRefused`), is dead at once.
 A row whose send was not confirmed (process killed) is sent again with the same
 SOP Instance UID, which the PACS de-duplicates.
 """
@@ -20,20 +25,23 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from dicom_node.errors import DeliveryFailed
+from dicom_node.errors import DeliveryFailed, DeliveryRefused
 from dicom_node.scu import Destination, StorageSCU, StoreResult, UnsendableFile
 
 __all__ = [
     "DeliveryQueue",
     "DeliverySender",
+    "DimseSender",
+    "FileSender",
     "Outcome",
     "PendingDelivery",
     "RetryPolicy",
+    "Target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ class PendingDelivery:
     sop_instance_uid: str
     attempts: int  #: attempts made before this one
     created_at: float  #: epoch seconds; the maximum age counts from here
+    study_uid: str = ""  #: the study the result belongs to (its job's), "" when unknown
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,43 @@ class RetryPolicy:
 Listener = Callable[[Outcome], None]
 
 
+class Target(Protocol):
+    """A destination of any kind: named, and of the kind that picks its :class:`FileSender`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+class FileSender(Protocol):
+    """Sends one batch of files to one destination; one StoreResult per delivery, in order."""
+
+    def send_batch(
+        self, destination: Any, batch: Sequence[PendingDelivery], stop: threading.Event
+    ) -> list[StoreResult]: ...
+
+    def abort_all(self) -> None:
+        """Stop what is in flight (from another thread): the sender is stopping."""
+        ...
+
+
+class DimseSender:
+    """The :class:`FileSender` of ``"dimse"`` destinations: C-STORE over one association per batch."""
+
+    def __init__(self, scu: StorageSCU) -> None:
+        self.scu = scu
+
+    def send_batch(
+        self, destination: Destination, batch: Sequence[PendingDelivery], stop: threading.Event
+    ) -> list[StoreResult]:
+        return self.scu.send_files(destination, [d.path for d in batch], stop=stop)
+
+    def abort_all(self) -> None:
+        self.scu.abort_all()
+
+
 class DeliverySender:
     """Service component ``delivery``: one worker thread per configured destination.
 
@@ -110,19 +156,24 @@ class DeliverySender:
     def __init__(
         self,
         queue: DeliveryQueue,
-        destinations: Mapping[str, Destination],
+        destinations: Mapping[str, Target],
         scu: StorageSCU,
         policy: RetryPolicy = RetryPolicy(),
         batch_size: int = 200,
         poll_interval: float = 1.0,
         listener: Listener | None = None,
         rng: random.Random | None = None,
+        senders: Mapping[str, FileSender] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._queue = queue
         self._destinations = dict(destinations)
-        self._scu = scu
+        self._senders: dict[str, FileSender] = {"dimse": DimseSender(scu), **(senders or {})}
+        unsent = sorted({d.kind for d in self._destinations.values()} - set(self._senders))
+        if unsent:
+            known = ", ".join(self._senders)
+            raise ValueError(f"no sender for destinations of kind {', '.join(unsent)}; known: {known}")
         self._policy = policy
         self._batch_size = batch_size
         self._poll = poll_interval
@@ -151,7 +202,8 @@ class DeliverySender:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             while thread.is_alive() and time.monotonic() < deadline:
-                self._scu.abort_all()  # again each round: a worker may have just begun an association
+                for sender in self._senders.values():  # again each round: a worker may have just begun sending
+                    sender.abort_all()
                 thread.join(0.2)
             if thread.is_alive():
                 logger.warning("delivery worker %s did not stop within %.0f s", thread.name, timeout)
@@ -168,10 +220,10 @@ class DeliverySender:
         batch = self._queue.lease(destination, self._batch_size, time.time() if now is None else now)
         if not batch:
             return []
-        results = self._scu.send_files(dest, [d.path for d in batch], stop=self._stop)
+        results = self._senders[dest.kind].send_batch(dest, batch, self._stop)
         return [self._record(d, r) for d, r in zip(batch, results, strict=True)]
 
-    def _run(self, destination: Destination) -> None:
+    def _run(self, destination: Target) -> None:
         wakeup = self._wakeups[destination.name]
         while not self._stop.is_set():
             wakeup.clear()
@@ -204,8 +256,9 @@ class DeliverySender:
         if self._stop.is_set() and "sender stopped" in reason:
             self._queue.mark_retry(delivery.id, reason, now)
             return Outcome(delivery, "retry", reason, now)
-        if isinstance(error, UnsendableFile) or now - delivery.created_at >= self._policy.max_age:
-            dead = reason if isinstance(error, UnsendableFile) else f"gave up after {attempts} attempts: {reason}"
+        final = isinstance(error, (UnsendableFile, DeliveryRefused))
+        if final or now - delivery.created_at >= self._policy.max_age:
+            dead = reason if final else f"gave up after {attempts} attempts: {reason}"
             self._queue.mark_dead(delivery.id, dead)
             logger.warning("delivery %d to %s is dead: %s", delivery.id, delivery.destination, dead)
             return Outcome(delivery, "dead", dead)

@@ -13,3 +13,7 @@ class DeliveryFailed(NodeError):
 
 class DuplicateInstance(NodeError):
     """A SOP Instance UID already stored under another study or series (PS3.3 C.12.1.1.1: UIDs are unique)."""
+
+
+class DeliveryRefused(DeliveryFailed):
+    """The destination refused the file for a reason that sending it again will not change (e.g. HTTP 409)."""

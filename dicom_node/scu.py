@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -116,6 +116,7 @@ def describe_status(code: int) -> str:
 class Destination:
     """A storage SCP to deliver to; ``ssl_context`` turns on TLS (PS3.15 B.1)."""
 
+    kind: ClassVar[str] = "dimse"
     name: str
     ae_title: str
     host: str

@@ -28,6 +28,7 @@ ECHOSCU = DCMTK / "echoscu"
 DSRDUMP = DCMTK / "dsrdump"
 DCIODVFY = Path("/usr/bin/dciodvfy")
 ORTHANC = Path("/usr/sbin/Orthanc")
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def peer_env() -> dict[str, str]:
@@ -58,20 +59,33 @@ def dciodvfy(path: Path) -> tuple[list[str], str]:
 
 @dataclass
 class Orthanc:
-    """A running Orthanc: its DICOM endpoint and REST base URL."""
+    """A running Orthanc: its DICOM endpoint and REST base URL.
+
+    ``dicomweb`` loads the DICOMweb plugin (``/dicom-web/``); ``users`` turns on HTTP basic
+    authentication with these ``{user: password}``; ``extra`` is merged into the JSON configuration.
+    """
 
     aet: str
     dicom_port: int
     http_port: int
     storage: Path
     process: subprocess.Popen[bytes] | None = None
+    dicomweb: bool = False
+    users: dict[str, str] | None = None
+    extra: dict[str, object] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb plugin's base URL (QIDO-RS, WADO-RS, STOW-RS under it)."""
+        return f"{self.url}/dicom-web"
+
     def rest(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        auth = next(iter(self.users.items())) if self.users else None
+        return httpx.Client(base_url=self.url, timeout=30, auth=auth)
 
     def instances(self) -> list[str]:
         with self.rest() as client:
@@ -89,6 +103,12 @@ class Orthanc:
             return
         config = {**orthanc_config("TestPACS", self.storage / "db", self.aet, self.dicom_port, self.http_port),
                   "HttpTimeout": 30}
+        if self.dicomweb:
+            config["Plugins"] = [str(require_tool(ORTHANC_DICOMWEB))]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        if self.users:
+            config.update(AuthenticationEnabled=True, RegisteredUsers=dict(self.users))
+        config.update(self.extra or {})
         self.process = launch_orthanc(ORTHANC, config, self.storage)
 
     def stop(self) -> None:
@@ -98,9 +118,17 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(storage: Path, aet: str = "ORTHANC") -> Iterator[Orthanc]:
-    """Start Orthanc on free loopback ports, yield it, stop it."""
-    orthanc = Orthanc(aet=aet, dicom_port=free_port(), http_port=free_port(), storage=storage)
+def running_orthanc(
+    storage: Path,
+    aet: str = "ORTHANC",
+    *,
+    dicomweb: bool = False,
+    users: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Iterator[Orthanc]:
+    """Start Orthanc on free loopback ports, yield it, stop it (options: see :class:`Orthanc`)."""
+    orthanc = Orthanc(aet=aet, dicom_port=free_port(), http_port=free_port(), storage=storage,
+                      dicomweb=dicomweb, users=users, extra=extra)
     orthanc.start()
     try:
         yield orthanc

@@ -96,10 +96,12 @@ def launch_orthanc(
     process = subprocess.Popen([str(executable), str(cfg)], stdout=log, stderr=log, env=env)
     log.close()
     url = f"http://127.0.0.1:{config['HttpPort']}"
+    users = (config.get("RegisteredUsers") or {}) if config.get("AuthenticationEnabled") else {}
+    auth = next(iter(users.items()), None)  # with HTTP authentication on, /system needs a user too
     deadline = time.monotonic() + timeout
     while True:
         try:
-            httpx.get(f"{url}/system", timeout=1).raise_for_status()
+            httpx.get(f"{url}/system", timeout=1, auth=auth).raise_for_status()
             break
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:

@@ -44,9 +44,10 @@ class DeliveriesTable(Table):
         with self.store.atomic() as db:
             rows = list(
                 db.query(
-                    "select id, destination, path, sop_instance_uid, attempts, created_at from deliveries "
-                    "where state = ? and destination = ? and next_attempt_at <= ? "
-                    "order by next_attempt_at, id limit ?",
+                    "select d.id, d.destination, d.path, d.sop_instance_uid, d.attempts, d.created_at, "
+                    "coalesce(j.study_uid, '') as study_uid from deliveries d left join jobs j on j.id = d.job_id "
+                    "where d.state = ? and d.destination = ? and d.next_attempt_at <= ? "
+                    "order by d.next_attempt_at, d.id limit ?",
                     [DeliveryState.PENDING, destination, now, limit],
                 )
             )

@@ -113,6 +113,7 @@ class StoreCollector(Collector):
                 if (dest.name, state) not in by_destination:
                     deliveries.add_metric([dest.name, state], 0.0)
         yield deliveries
+        yield from _destination_kinds(self.config, store)
         yield from _slot_metrics(SlotBoard(store).read())
         failures = CounterMetricFamily("appliance_failures", "Failed jobs and dead deliveries", labels=["kind"])
         failures.add_metric(["job"], float(counts[JobState.FAILED]))
@@ -127,6 +128,26 @@ class StoreCollector(Collector):
             tiles += int(result.get("tiles_scored", 0))
             seconds += float(result.get("seconds", {}).get("pipeline", 0.0))
         return tiles, seconds
+
+
+def _destination_kinds(config: Config, store: StateStore) -> Iterator[Metric]:
+    """Each configured destination's kind (dimse: C-STORE, dicomweb: STOW-RS), and deliveries by kind and state."""
+    kinds: dict[str, str] = {d.name: d.kind for d in config.destinations}
+    info = GaugeMetricFamily("appliance_destination_kind", "1 for each configured destination and its kind",
+                             labels=["destination", "kind"])
+    for name, kind in kinds.items():
+        info.add_metric([name, kind], 1.0)
+    yield info
+    by_kind: dict[tuple[str, str], int] = {(kind, str(state)): 0 for kind in sorted(set(kinds.values()))
+                                           for state in DELIVERY_STATES}
+    for (destination, state), n in store.deliveries.count_by_destination().items():
+        kind = kinds.get(destination, "unconfigured")
+        by_kind[(kind, state)] = by_kind.get((kind, state), 0) + n
+    family = GaugeMetricFamily("appliance_deliveries_by_kind", "Deliveries by destination kind and state",
+                               labels=["kind", "state"])
+    for (kind, state), n in by_kind.items():
+        family.add_metric([kind, state], float(n))
+    yield family
 
 
 def triton_metrics() -> Iterator[Metric]:

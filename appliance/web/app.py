@@ -118,7 +118,8 @@ def _delivery_rows(config: Config, store: StateStore) -> list[dict[str, Any]]:
     return [
         {
             "name": dest.name,
-            "target": f"{dest.ae_title}@{dest.host}:{dest.port}",
+            "kind": "DICOMweb (STOW-RS)" if dest.kind == "dicomweb" else "DIMSE (C-STORE)",
+            "target": dest.url if dest.kind == "dicomweb" else f"{dest.ae_title}@{dest.host}:{dest.port}",
             **store.deliveries.count_by_state(dest.name),
             "last_error": scrub(store.deliveries.last_error(dest.name)),
         }
