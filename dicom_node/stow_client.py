@@ -13,10 +13,12 @@ Outcomes (PS3.18 10.5.3):
 
 * an instance listed in the response's ReferencedSOPSequence is delivered
   (a Warning Reason is logged);
-* connection errors, timeouts, 408, 429 and 5xx are retried by the delivery
-  loop, and so is a failure whose Failure Reason is Out of Resources (0xA7xx),
-  or a response that lists the instance neither as stored nor as failed;
-* any other 4xx (400, 401, 403, 404, 409, 413, 415 ...) is
+* connection errors, timeouts, 401 and 403 (an expired token or credentials
+  being fixed: a DIMSE association the peer rejects is retried the same way),
+  408, 429 and 5xx are retried by the delivery loop until the destination's
+  maximum age, and so is a failure whose Failure Reason is Out of Resources
+  (0xA7xx), or a response that lists the instance neither as stored nor as failed;
+* any other 4xx (400, 404, 409, 413, 415 ...) is
   :class:`~dicom_node.errors.DeliveryRefused`: the row is dead at once, with
   the HTTP status and the Failure Reason as its reason.
 
@@ -61,7 +63,9 @@ logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its INFO lines
 #: a Store Instances request holds the file in memory (dicomweb-client encodes the body whole); results
 #: (SR, SEG) are far smaller; a larger file is refused rather than read whole
 STOW_FILE_LIMIT = 256 << 20
-_RETRYABLE_HTTP = frozenset({408, 429})
+#: retried until the destination's maximum age, like a DIMSE association the peer rejects: 401/403 (a token
+#: that expired or credentials an operator is fixing), 408 and 429
+_RETRYABLE_HTTP = frozenset({401, 403, 408, 429})
 _OUT_OF_RESOURCES = 0xA700  #: Failure Reason range 0xA7xx: Refused: Out of Resources (PS3.4 B.2.3)
 _FAILURE_REASON = 0x00081197  #: Failure Reason (0008,1197)
 _WARNING_REASON = 0x00081196  #: Warning Reason (0008,1196)

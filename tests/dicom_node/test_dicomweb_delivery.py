@@ -3,9 +3,9 @@
 The appliance's own SRs (built by the report code) go through the outbox and the
 delivery loop exactly as in service: found with Orthanc's QIDO-RS, byte-identical
 when read back; a service that is down receives every SR once it is back; a real
-409 (Orthanc refusing an instance of another study than the URL's) and a real
-401 end dead with their reason; a DIMSE and a DICOMweb destination never wait
-on each other.
+409 (Orthanc refusing an instance of another study than the URL's) ends dead
+with its reason, a real 401 is retried until the maximum age (as a rejected
+association); a DIMSE and a DICOMweb destination never wait on each other.
 """
 
 from __future__ import annotations
@@ -132,12 +132,13 @@ def test_a_result_of_another_study_than_its_job_gets_a_real_409_and_is_dead_with
     assert _qido(web_pacs, _uids(sr)[0]) == []
 
 
-def test_wrong_credentials_get_a_real_401_and_are_dead_without_the_password(
+def test_wrong_credentials_get_a_real_401_and_are_retried_without_the_password(
     web_pacs: Orthanc, store: StateStore, data_dir: Path
 ) -> None:
     sr = _queue_sr(store, data_dir, ["web"])
     outcomes = _sender(store, [_web(web_pacs, password="wrong-pw")], Recorder()).run_once("web")
-    assert [o.state for o in outcomes] == ["dead"]
+    assert [o.state for o in outcomes] == ["retry"]  # as a rejected association: until the maximum age
+    assert _rows(store)[_uids(sr)[2]]["state"] == "pending"
     reason = str(_rows(store)[_uids(sr)[2]]["last_error"])
     assert "HTTP 401" in reason and "wrong-pw" not in reason and PASSWORD not in reason
 
