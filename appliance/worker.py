@@ -18,7 +18,10 @@ or a lost lease is released back to the queue; one asked to yield
 (:meth:`Worker.request_yield`) stops at its next batch boundary
 (:class:`JobPreempted`) and goes back ahead of its peers. A pipeline keeps its
 checkpoints in ``job.work_dir`` (``<data_dir>/work/<job id>``), removed when the
-job succeeds or fails for good.
+job succeeds or fails for good. A job that fails for good (a permanent error, or
+the last attempt of a transient one) is reported to PACS by ``on_study_failure``
+(the "AI result not available" SR with the reason), so no reader waits for a
+result that will not come.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ class Worker:
     """
 
     name = "worker"
-    #: issue 13: ``(job, reason)`` for a job failing for a reason in the study (``appliance.reports.unavailable``)
+    #: ``(job, reason)`` for a job that failed for good (``appliance.reports.unavailable``: PACS learns why)
     on_study_failure: Callable[[Job, str], None] | None = None
 
     def __init__(
@@ -313,8 +316,7 @@ class Worker:
                 if self._stopping.is_set() or lease.lost.is_set():
                     self.queue.release(job.id, self.owner)
                 else:
-                    if isinstance(exc, StudyIncomplete) and self.on_study_failure is not None:
-                        self.on_study_failure(job, str(exc))  # issue 13: PACS learns why there is no result
+                    self._report_failure(job, str(exc))
                     self.queue.fail(job.id, self.owner, str(exc), transient=False)
                     _discard_work(job)
                 return None
@@ -326,10 +328,16 @@ class Worker:
                     return None
                 logger.exception("job %s: %s", job.id, type(exc).__name__)
                 if self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", transient=True) == JobState.FAILED:
+                    self._report_failure(job, f"the analysis failed on every attempt ({type(exc).__name__})")
                     _discard_work(job)
                 return None
         _discard_work(job)
         return None
+
+    def _report_failure(self, job: Job, reason: str) -> None:
+        """A job that ended without a result: PACS gets the "AI result not available" SR with the reason (issue 13)."""
+        if self.on_study_failure is not None:
+            self.on_study_failure(job, reason)
 
     def _hand_off(self, job: Job, result: StudyResult, files: Sequence[Path], times: dict[str, float],
                   t0: float) -> None:

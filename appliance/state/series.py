@@ -113,6 +113,18 @@ class SeriesTable(Table):
         """The routed series' job exists (inside the transaction that queued it)."""
         _move(self.store, "series", "series_uid", series_uids, SeriesState.ASSEMBLED)
 
+    def failed_count(self) -> int:
+        """Series that could not be routed (their instances are kept)."""
+        return int(self.store.query("select count(*) as n from series where state = ?", (SeriesState.FAILED,))[0]["n"])
+
+    def failed_recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recently received ``failed`` series (modality, instances, last received, reason)."""
+        return self.store.query(
+            "select modality, instance_count, last_received, reason from series where state = ?"
+            " order by last_received desc limit ?",
+            (SeriesState.FAILED, limit),
+        )
+
     def routed(self) -> list[dict[str, Any]]:
         """Routed series with their study's first instance time (``study_first``), oldest first."""
         return self.store.query(

@@ -115,9 +115,11 @@ class StoreCollector(Collector):
         yield deliveries
         yield from _destination_kinds(self.config, store)
         yield from _slot_metrics(SlotBoard(store).read())
-        failures = CounterMetricFamily("appliance_failures", "Failed jobs and dead deliveries", labels=["kind"])
+        failures = CounterMetricFamily("appliance_failures", "Failed jobs, dead deliveries, series that could not be routed",
+                                       labels=["kind"])
         failures.add_metric(["job"], float(counts[JobState.FAILED]))
         failures.add_metric(["delivery"], float(store.deliveries.count_by_state()[DeliveryState.DEAD]))
+        failures.add_metric(["series"], float(store.series.failed_count()))
         yield failures
         yield from triton_metrics()
         yield from ingest_metrics()

@@ -166,6 +166,7 @@ def create_app(
             "jobs": jobs,
             "finished": finished,
             "deliveries": _delivery_rows(config, store),
+            "failed_series": scrub_rows(store.series.failed_recent()),
             "active": active,
             "engine_error": engine_error,
             "triton": _triton_endpoints(config),

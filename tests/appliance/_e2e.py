@@ -139,6 +139,11 @@ def deliveries(data_dir: Path) -> list[dict[str, Any]]:
     return _rows(data_dir, "select * from deliveries order by id")
 
 
+def stored_files(data_dir: Path) -> dict[str, Path]:
+    """SOP Instance UID -> spool file of every instance the node has committed."""
+    return {r["sop_instance_uid"]: Path(r["path"]) for r in _rows(data_dir, "select sop_instance_uid, path from instances")}
+
+
 def all_delivered(data_dir: Path) -> list[dict[str, Any]] | None:
     """The delivery rows once there are some and every one is ``delivered``, else None."""
     rows = deliveries(data_dir)

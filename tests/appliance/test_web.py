@@ -69,6 +69,9 @@ def site(data_dir: Path) -> Iterator[dict[str, Any]]:
     queue.fail(failed, "w", "slide has no tissue")
     queue.enqueue("pathology", study, [generate_uid()])
     queue.enqueue("pathology", study, [generate_uid()], priority=0)
+    broken = generate_uid()  # a series whose header could not be read: failed with a reason naming its instance
+    spool_instance(store, data_dir, study, broken, modality="MR", description="dyn")
+    store.series.fail(broken, f"routing failed: RecursionError in {broken}")
     now = time.time()
     with store.atomic() as db:
         db["deliveries"].insert_all(
@@ -109,6 +112,7 @@ def test_pages_show_state_without_phi(site: dict[str, Any]) -> None:
     assert jobs["running"] in home and 'value="7" max="20"' in home
     assert jobs["done"] in home and "0.812" in home and "positive" in home
     assert "slide has no tissue" in home
+    assert "routing failed: RecursionError in &lt;UID&gt;" in home  # issue 15 finding 5: the reason, no UID
     assert "association rejected by ORTHANC" in home and "ORTHANC@127.0.0.1:4242" in home
     assert "Queue depth 2 of 2" in home and "the job queue is at its limit" in home
     assert json.loads(texts["/api/status"])["jobs"] == {"queued": 2, "running": 1, "succeeded": 1, "failed": 1}
@@ -122,7 +126,7 @@ def test_metrics_parse(site: dict[str, Any]) -> None:
         for family in text_string_to_metric_families(response.text)
         for s in family.samples
     }
-    assert samples[("appliance_instances_received_total", ())] == 3
+    assert samples[("appliance_instances_received_total", ())] == 4
     assert samples[("appliance_jobs", (("state", "queued"),))] == 2
     assert samples[("appliance_jobs", (("state", "failed"),))] == 1
     assert samples[("appliance_job_duration_seconds_count", (("pipeline", "pathology"),))] == 1
@@ -131,6 +135,7 @@ def test_metrics_parse(site: dict[str, Any]) -> None:
     assert samples[("appliance_delivery_latency_seconds_bucket", (("destination", "pacs"), ("le", "0.1")))] == 0
     assert samples[("appliance_deliveries", (("destination", "pacs"), ("state", "dead")))] == 0
     assert samples[("appliance_failures_total", (("kind", "job"),))] == 1
+    assert samples[("appliance_failures_total", (("kind", "series"),))] == 1
     assert samples[("appliance_backpressure", ())] == 1
     assert PATIENT_NAME not in response.text
 

@@ -145,13 +145,16 @@ def test_transient_failures_retry_then_fail_with_reason(data_dir: Path, tmp_path
     harness.behaviour = flaky
     ident, _ = harness.queue.enqueue("pathology", "1.2", ["1.2.3"])
     worker = harness.worker()
+    reported: list[tuple[str, str]] = []
+    worker.on_study_failure = lambda job, reason: reported.append((job.id, reason))
     assert worker.run_once() is not None
-    assert harness.queue.get(ident).state == "queued"
+    assert harness.queue.get(ident).state == "queued" and reported == []  # it will be tried again
     harness.queue.clock.advance(120)  # type: ignore[attr-defined]
     assert worker.run_once() is not None
     job = harness.queue.get(ident)
     assert job.state == "failed" and job.reason == "failed after 2 attempt(s): OSError: spool read failed"
     assert harness.delivered == []
+    assert reported == [(ident, "the analysis failed on every attempt (OSError)")]  # PACS is told, once
 
 
 @pytest.mark.parametrize(
@@ -164,9 +167,13 @@ def test_permanent_failure(harness: Harness, pipeline: str, reason: str) -> None
 
     harness.behaviour = no_tissue
     ident, _ = harness.queue.enqueue(pipeline, "1.2", ["1.2.3"])
-    assert harness.worker().run_once() is not None
+    worker = harness.worker()
+    reported: list[tuple[str, str]] = []
+    worker.on_study_failure = lambda job, why: reported.append((job.id, why))
+    assert worker.run_once() is not None
     job = harness.queue.get(ident)
     assert job.state == "failed" and job.reason == reason and job.attempts == 1
+    assert reported == [(ident, reason)]  # the "AI result not available" SR carries the reason
 
 
 def test_stop_releases_the_running_job(harness: Harness) -> None:
