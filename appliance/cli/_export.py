@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from appliance.cli._extras import require_export_extra
 from appliance.cli._options import ConfigOption, config_from
 
 DEMO_NOTICE = "demo model, not for clinical use"
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
         quick: Annotated[bool, typer.Option("--quick", help="Tiny models and data (for tests).", hidden=True)] = False,
     ) -> None:
         """Export models to signed engine bundles: ONNX, FP16, INT8 (Q/DQ), accuracy gate, signing."""
+        require_export_extra("export")
         from dataclasses import replace
 
         from export.demo import TASKS, task_specs
@@ -226,6 +228,7 @@ def register(app: typer.Typer) -> None:
         quick: Annotated[bool, typer.Option("--quick", help="Tiny models and data (for tests).", hidden=True)] = False,
     ) -> None:
         """Make (or reuse) the demo engines, install them and activate them (demo model, not for clinical use)."""
+        require_export_extra("engines install-demo")
         from export.demo import DEMO_GATE, QUICK_GATE, install_demo
         from export.train import QUICK_SIZES, DemoSizes
 
