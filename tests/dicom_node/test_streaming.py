@@ -11,6 +11,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
 
 from appliance.state import StateStore
 from dicom_node import speedups
@@ -18,6 +19,8 @@ from tests.dicom_node._large import data_set_digest, write_large_instance
 from tests.dicom_node._node import OUR_AE, pydicom_file, running_node, storescu
 from tests.dicom_node._served import served_node
 from tests.peers import STORESCU, peer_env
+
+pytestmark = pytest.mark.slow  # hundreds of MiB through the node
 
 INSTANCE_MIB = 256
 #: what one association may add to the node's resident memory while it receives (PDU, write block, scanner)
