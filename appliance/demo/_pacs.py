@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from appliance.errors import ApplianceError
 from dicom_node.access import AccessPolicy, Peer
+from dicom_node.errors import DuplicateInstance
 from dicom_node.scp import InstanceRecord, StorageSCP
 from dicom_node.spool import Spool
 
@@ -239,9 +240,14 @@ class _ReceivedInstances:
         self._received: dict[str, tuple[InstanceRecord, float]] = {}
 
     def commit(self, records: Sequence[InstanceRecord]) -> None:
+        """Index the records (the :class:`~dicom_node.scp.InstanceSink` contract: a UID is stored once)."""
         now = time.time()
         with self._lock:
             for record in records:
+                known = self._received.get(record.sop_instance_uid)
+                if known is not None and (known[0].study_uid, known[0].series_uid) != (record.study_uid,
+                                                                                         record.series_uid):
+                    raise DuplicateInstance("SOP Instance UID stored already under another study or series")
                 self._received.setdefault(record.sop_instance_uid, (record, now))
 
     def find_sr(self, study_uid: str) -> list[SrArrival]:

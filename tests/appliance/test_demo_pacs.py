@@ -33,3 +33,22 @@ def test_fallback_pacs_stores_srs_from_the_appliance_only(tmp_path: Path) -> Non
         assert pydicom.dcmread(found[0].location).SOPInstanceUID == ds.SOPInstanceUID
     finally:
         pacs.stop()
+
+
+def test_fallback_pacs_index_keeps_the_sink_contract(tmp_path: Path) -> None:
+    """A UID stored again under its own series is kept once; under another series it is refused."""
+    from dataclasses import replace
+
+    import pytest
+
+    from appliance.demo._pacs import _ReceivedInstances
+    from dicom_node.errors import DuplicateInstance
+    from dicom_node.scp import InstanceRecord
+
+    record = InstanceRecord("1.2.3.4", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3", "1.2.3.1", "SR", "", "1.2.840.10008.1.2.1",
+                            tmp_path / "a.dcm", 10, "APPLIANCE", 0.0)
+    index = _ReceivedInstances()
+    index.commit([record, record])
+    assert [a.sop_instance_uid for a in index.find_sr("1.2.3")] == ["1.2.3.4"]
+    with pytest.raises(DuplicateInstance, match="another study or series"):
+        index.commit([replace(record, series_uid="1.2.3.2")])
