@@ -7,7 +7,8 @@ the :class:`~appliance.findings.StudyResult` to the report callable, queues
 each written file for every destination, and marks the job succeeded. Engine
 sessions stay loaded between jobs in the slot's own
 :class:`~appliance.engine_cache.EngineCache`. :mod:`appliance.scheduler` runs
-one worker per device slot and decides preemption.
+one worker per device slot and decides preemption; :mod:`appliance.inference`
+wires them to the pipelines (:mod:`appliance.pipelines`), reports and outbox.
 
 Failures: :class:`~appliance.errors.JobFailed`, ``StudyIncomplete`` and
 ``ReportError`` are permanent (the job fails with the message as reason);
