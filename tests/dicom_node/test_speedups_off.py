@@ -73,3 +73,20 @@ test_uncompressed_file_is_converted_when_the_peer_wants_another_syntax = (
 test_failure_status_is_reported_with_hex_and_meaning = test_scu.test_failure_status_is_reported_with_hex_and_meaning
 test_tls_delivery_sends_as_stored_and_checks_the_server = test_scu.test_tls_delivery_sends_as_stored_and_checks_the_server
 test_large_file_is_sent_in_fragments_never_read_whole = test_scu.test_large_file_is_sent_in_fragments_never_read_whole
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("off", False), ("1", True), (None, True)])
+def test_the_environment_sets_the_switch_at_start(value: str | None, on: bool) -> None:
+    """``DICOM_NODE_PYNETDICOM_SPEEDUPS=0`` starts the process on pynetdicom's own paths (and its chunked receive)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != speedups.ENV_VAR}
+    if value is not None:
+        env[speedups.ENV_VAR] = value
+    code = ("from pynetdicom import _config; import dicom_node.scp; from dicom_node import speedups; "
+            "print(speedups.enabled(), _config.STORE_RECV_CHUNKED_DATASET)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(on), str(not on)]
