@@ -46,6 +46,8 @@ reactor race above.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pynetdicom import _config
@@ -77,15 +79,15 @@ def set_enabled(on: bool) -> None:
     _apply()
 
 
-class disabled:  # noqa: N801 - used as ``with disabled():``
+@contextmanager
+def disabled() -> Iterator[None]:
     """Within the block, pynetdicom's own acceptor and send path; the previous setting afterwards."""
-
-    def __enter__(self) -> None:
-        self._before = enabled()
-        set_enabled(False)
-
-    def __exit__(self, *exc: object) -> None:
-        set_enabled(self._before)
+    before = enabled()
+    set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(before)
 
 
 def tune_acceptor(assoc: Any) -> None:
