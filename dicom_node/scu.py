@@ -5,28 +5,17 @@ outcome is either success or a :class:`~dicom_node.errors.DeliveryFailed`
 whose message says why: association refused, rejected or aborted, a timeout,
 or a non-success status with its hex code and meaning (PS3.4 B.2.3).
 
-Where the time goes, and why this SCU is fast
----------------------------------------------
-A plain pynetdicom SCU manages about 21 C-STOREs/s over loopback: a floor of
-about 47 ms per operation. pynetdicom writes the command set and the data set
-of a C-STORE-RQ as two separate P-DATA-TF PDUs, two small ``send()`` calls on
-a socket that has Nagle's algorithm on. Nagle holds the second write until the
-first is acknowledged, and the peer (waiting for the rest of the message before
-it answers) delays that ACK by its delayed-ACK timer, 40 ms on Linux. So every
-C-STORE waits for a timer. Fixes, none of which fork pynetdicom:
-
-* ``TCP_NODELAY`` on our socket, set from the documented ``EVT_CONN_OPEN``
-  hook on the :class:`~pynetdicom.transport.AssociationSocket`: the floor is gone
-  (about 140/s).
-* The rest is per-message work in pynetdicom, which :mod:`dicom_node.speedups`
-  removes for a file whose transfer syntax the peer accepted (its P-DATA
-  writer: one PDU per small C-STORE, written by the sender; several times more
-  C-STOREs per second, figures there). With the speed-ups off, such a file goes through
-  pynetdicom's ``send_c_store`` with its documented chunked send
-  (``_config.STORE_SEND_CHUNKED_DATASET``): read in fragments, never whole.
-  Only a file the peer wants in another uncompressed syntax is decoded, and only
-  up to :data:`CONVERT_LIMIT` bytes. pynetdicom's per-PDU debug log handlers
-  are unbound unless its debug log is on.
+Why this SCU is fast: a plain pynetdicom SCU waits about 47 ms per C-STORE over
+loopback, because it writes the command and the data set as two small PDUs on a
+socket with Nagle's algorithm on, and the peer's delayed ACK (40 ms on Linux)
+holds the second. ``TCP_NODELAY``, set from the documented ``EVT_CONN_OPEN``
+hook, removes that floor. The rest is pynetdicom's per-message work, which
+:mod:`dicom_node.speedups` removes for a file whose transfer syntax the peer
+accepted (its P-DATA writer; figures there). With the speed-ups off, such a
+file goes through ``send_c_store`` with pynetdicom's documented chunked send
+(``_config.STORE_SEND_CHUNKED_DATASET``): read in fragments, never whole. Only
+a file the peer wants in another uncompressed syntax is decoded, and only up to
+:data:`CONVERT_LIMIT` bytes.
 
 ``bench/deliver.py`` measures this against dcmtk ``storescu``.
 """
@@ -50,12 +39,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, Status, code_to_category
@@ -64,14 +47,7 @@ from dicom_node._c_store import UNCOMPRESSED, FileInfo, UnsendableFile, contexts
 from dicom_node.errors import DeliveryFailed
 from dicom_node.speedups import PDataWriter
 
-__all__ = [
-    "Destination",
-    "StorageSCU",
-    "StoreResult",
-    "StoreSession",
-    "UnsendableFile",
-    "describe_status",
-]
+__all__ = ["Destination", "StorageSCU", "StoreResult", "StoreSession", "UnsendableFile", "describe_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,30 +97,11 @@ class StoreResult:
         return self.error is None
 
 
-
 def _nodelay(event: evt.Event) -> None:
     """EVT_CONN_OPEN: turn Nagle off so small PDUs are not held for a delayed ACK."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _quiet(assoc: Association) -> None:
-    """Unbind pynetdicom's per-PDU/DIMSE debug log handlers unless its debug log is on.
-
-    They format every message for a log nobody reads (and could name patient data):
-    about a sixth of the CPU time of a small C-STORE.
-    """
-    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        return
-    for event, handler in (
-        (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-        (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-        (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-        (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-    ):
-        assoc.unbind(event, handler)
-
 
 
 class StoreSession:
@@ -237,13 +194,10 @@ class StoreSession:
             raise self._fail(f"{self.destination} sent an invalid C-STORE response")
         return rsp
 
-    def _resume_reactor(self) -> None:
-        if self._writer is not None:
-            self._writer.resume_reactor()
-
     def close(self) -> None:
         """Release the association (PS3.8 7.2); abort when the peer does not answer."""
-        self._resume_reactor()
+        if self._writer is not None:
+            self._writer.resume_reactor()
         if self._assoc.is_established:
             self._assoc.release()
         if self._assoc.is_established:
@@ -252,7 +206,8 @@ class StoreSession:
     def abort(self) -> None:
         """Abort from any thread (used when the sender stops)."""
         self._broken = self._broken or "aborted locally"
-        self._resume_reactor()
+        if self._writer is not None:
+            self._writer.resume_reactor()
         if self._assoc.is_established:
             self._assoc.abort()
 
@@ -304,7 +259,6 @@ class StorageSCU:
         )
         if assoc.is_established:
             PDataWriter.tune(assoc)
-            _quiet(assoc)
             return assoc
         self._forget(assoc)
         elapsed = time.monotonic() - started
