@@ -12,6 +12,8 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from engines.backends import Engine
+
 __all__ = ["EngineCache", "EngineSource"]
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ class EngineSource(Protocol):
 
     def active_versions(self) -> dict[str, str]: ...
 
-    def load_active(self, task: str, cpu_threads: int = 0) -> Any: ...
+    def load_active(self, task: str, cpu_threads: int = 0) -> Engine: ...
 
 
 class EngineCache:
@@ -36,11 +38,11 @@ class EngineCache:
         self.source = source
         self.cpu_threads = cpu_threads
         self.device = device
-        self._engines: dict[str, tuple[str, Any]] = {}
+        self._engines: dict[str, tuple[str, Engine]] = {}
         self._lock = threading.Lock()
         self.loads = 0  #: how many sessions were loaded (for tests and the dashboard)
 
-    def get(self, task: str) -> Any:
+    def get(self, task: str) -> Engine:
         """The engine of the active version of ``task``, loading it only when that version is not loaded."""
         active = self.source.active_versions().get(task)
         with self._lock:
@@ -58,11 +60,12 @@ class EngineCache:
             logger.info("engine %s %s loaded on %s", task, version, self.device or "the default device")
             return engine
 
-    def _load(self, task: str) -> Any:
+    def _load(self, task: str) -> Engine:
         if self.device is None:
             return self.source.load_active(task, cpu_threads=self.cpu_threads)
         load: Any = self.source.load_active  # the registry's signature has ``device``; the Protocol keeps fakes small
-        return load(task, cpu_threads=self.cpu_threads, device=self.device)
+        engine: Engine = load(task, cpu_threads=self.cpu_threads, device=self.device)
+        return engine
 
     def loaded(self) -> dict[str, str]:
         """Task -> version of the sessions held now."""
@@ -86,7 +89,7 @@ class EngineCache:
             self._engines.clear()
 
 
-def _close(engine: Any) -> None:
+def _close(engine: Engine) -> None:
     try:
         engine.close()
     except Exception:  # closing must never stop the worker

@@ -2,15 +2,14 @@
 
 A component is anything with ``name``, ``start()`` (returns once it runs in the
 background) and ``stop()`` (returns within a few seconds; safe to call twice).
-Components come from factories ``(config, store) -> Component | None`` named in
-:data:`COMPONENT_FACTORIES` as ``"module:function"`` (add yours there with one
-line), or are passed to :class:`Service` directly. They start in order and stop
+Components come from factories ``(config, store) -> Component | None`` listed in
+:data:`COMPONENT_FACTORIES` (add yours there with one line), or are passed to
+:class:`Service` directly. They start in order and stop
 in reverse order; all share one :class:`~appliance.state.StateStore`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -19,11 +18,15 @@ from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
 from appliance import _sdnotify
+from appliance.assembly import assembly_component
 from appliance.config import Config
-from appliance.errors import ApplianceError
+from appliance.inference import worker_component
+from appliance.ingest import node_component, stow_component
+from appliance.outbox import delivery_component
 from appliance.state import StateStore
+from appliance.web import web_component
 
-__all__ = ["COMPONENT_FACTORIES", "Component", "ComponentFactory", "Service", "load_factory"]
+__all__ = ["COMPONENT_FACTORIES", "Component", "ComponentFactory", "Service"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +44,15 @@ class Component(Protocol):
 
 ComponentFactory = Callable[[Config, StateStore], "Component | None"]
 
-#: ``"module:function"`` factories building the service's components, in start order.
-COMPONENT_FACTORIES: tuple[str, ...] = (
-    "appliance.ingest:node_component",
-    "appliance.ingest:stow_component",
-    "appliance.assembly:assembly_component",
-    "appliance.worker:worker_component",
-    "appliance.outbox:delivery_component",
-    "appliance.web:web_component",
+#: the factories building the service's components, in start order
+COMPONENT_FACTORIES: tuple[ComponentFactory, ...] = (
+    node_component,
+    stow_component,
+    assembly_component,
+    worker_component,
+    delivery_component,
+    web_component,
 )
-
-
-def load_factory(spec: str) -> ComponentFactory:
-    """Import ``"module:function"``; a bad name is an :class:`ApplianceError` naming it."""
-    module_name, _, func_name = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ApplianceError(f"component factory {spec!r} cannot be loaded: {exc}") from None
-    if not callable(factory):
-        raise ApplianceError(f"component factory {spec!r} is not callable")
-    return factory  # type: ignore[no-any-return]
 
 
 class Service:
@@ -74,7 +65,7 @@ class Service:
     def __init__(
         self,
         config: Config,
-        factories: Sequence[str | ComponentFactory] | None = None,
+        factories: Sequence[ComponentFactory] | None = None,
         components: Sequence[Component] = (),
         store: StateStore | None = None,
     ) -> None:
@@ -90,8 +81,7 @@ class Service:
 
     def _build(self) -> list[Component]:
         built: list[Component] = []
-        for spec in self._factories:
-            factory = load_factory(spec) if isinstance(spec, str) else spec
+        for factory in self._factories:
             component = factory(self.config, self.store)
             if component is not None:
                 built.append(component)

@@ -2,12 +2,13 @@
 
 A :class:`Worker` thread leases the most urgent job its slot can run from
 :class:`~appliance.jobs.JobQueue`, keeps the lease alive with a heartbeat
-thread, runs the job's pipeline (a callable from the pipeline registry), hands
+thread, runs the job's pipeline (the ``run`` of an :class:`appliance.pipelines.Pipeline`), hands
 the :class:`~appliance.findings.StudyResult` to the report callable, queues
 each written file for every destination and marks the job succeeded (one transaction). Engine
 sessions stay loaded between jobs in the slot's own
 :class:`~appliance.engine_cache.EngineCache`. :mod:`appliance.scheduler` runs
-one worker per device slot and decides preemption.
+one worker per device slot and decides preemption; :mod:`appliance.inference`
+wires them to the pipelines (:mod:`appliance.pipelines`), reports and outbox.
 
 Failures: :class:`~appliance.errors.JobFailed`, ``StudyIncomplete`` and
 ``ReportError`` are permanent (the job fails with the message as reason);
@@ -27,8 +28,6 @@ result that will not come.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
 import logging
 import os
 import re
@@ -38,9 +37,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from appliance.config import Config
 from appliance.engine_cache import EngineCache, EngineSource
 from appliance.errors import JobFailed, ReportError, StudyIncomplete
 from appliance.findings import StudyResult
@@ -49,16 +47,12 @@ from appliance.lease import JobInterrupted, JobLease, JobPreempted, orphaned_lea
 from appliance.state import JobState, StateStore
 from engines.errors import EngineUnavailable
 
-if TYPE_CHECKING:
-    from appliance.scheduler import Scheduler
-
 __all__ = [
     "DeliverFn",
     "EngineCache",
     "EngineSource",
     "JobInterrupted",
     "JobPreempted",
-    "PIPELINE_TASKS",
     "PipelineFn",
     "ProgressFn",
     "ReportFn",
@@ -67,7 +61,6 @@ __all__ = [
     "job_work_dir",
     "orphaned_lease",
     "summarize",
-    "worker_component",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,11 +74,6 @@ ReportFn = Callable[[StudyResult, Job], Sequence[Path]]
 #: delivery: ``(job, files) -> number of delivery rows queued``
 DeliverFn = Callable[[Job, Sequence[Path]], int]
 
-#: pipeline -> the engine tasks it runs (the scheduler places a job where these engines can run)
-PIPELINE_TASKS: dict[str, tuple[str, ...]] = {
-    "pathology": ("pathology_tile", "pathology_slide"),
-    "breast_mri": ("breast_mri",),
-}
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (JobFailed, StudyIncomplete, ReportError)
 #: how long a job waits in the queue when its engine cannot be reached (not a failed attempt)
 ENGINE_UNAVAILABLE_DELAY_SECONDS = 15.0
@@ -380,132 +368,3 @@ def _discard_work(job: Job) -> None:
     if job.work_dir is not None and job.work_dir.exists():
         shutil.rmtree(job.work_dir, ignore_errors=True)
         logger.info("job %s: work directory removed", job.id)
-
-
-# ---------------------------------------------------------------------- wiring
-
-#: pipeline name -> ``"module:function"`` with the :data:`PipelineFn` signature, imported at first use
-PIPELINE_SPECS: dict[str, str] = {
-    "pathology": "appliance.worker:run_pathology_job",
-    "breast_mri": "appliance.worker:run_breast_mri_job",
-}
-
-
-def run_pathology_job(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn,
-                      config: Config | None = None) -> StudyResult:
-    """Adapter: one slide series through ``appliance.pathology.job.run_job`` (resumes from ``data_dir/work``)."""
-    from appliance.pathology.job import run_job
-
-    return run_job(job, store, engines, progress, config)
-
-
-def run_breast_mri_job(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn) -> StudyResult:
-    """Adapter: one DCE study through ``appliance.mri.pipeline.run_breast_mri``."""
-    from appliance.mri.pipeline import job_instance_paths, run_breast_mri
-
-    paths = job_instance_paths(store, job.series_uids)
-    progress(0, 1)
-    result = run_breast_mri(job.id, job.study_uid, paths, engines.get("breast_mri"), store=store)
-    progress(1, 1)
-    return result
-
-
-class _Lazy:
-    """A ``"module:function"`` imported on first call, so a missing pipeline fails its jobs, not the service."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self._func: Callable[..., Any] | None = None
-
-    def __call__(self, *args: Any) -> Any:
-        if self._func is None:
-            module, _, name = self.spec.partition(":")
-            try:
-                self._func = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError) as exc:
-                raise JobFailed(f"pipeline {self.spec!r} is not available: {exc}") from None
-        return self._func(*args)
-
-
-def worker_component(
-    config: Config,
-    store: StateStore,
-    pipelines: Mapping[str, PipelineFn] | None = None,
-    report: ReportFn | None = None,
-    deliver: DeliverFn | None = None,
-    source: EngineSource | None = None,
-) -> Scheduler:
-    """The scheduler with one worker per ``[worker] devices`` slot, for ``appliance.service``.
-
-    ``pipelines`` defaults to :data:`PIPELINE_SPECS`; ``report`` and ``deliver`` to
-    :func:`default_report` and :func:`default_deliver`; ``source`` (the engines) to the
-    registry under ``data_dir/engines``.
-    """
-    from appliance.scheduler import Scheduler
-    from appliance.slots import plan_devices
-
-    if source is None:
-        from engines.registry import Registry
-
-        source = Registry(config.data_dir / "engines", config.trusted_keys_dir, **config.engine_options)
-    settings = config.worker
-    queue = JobQueue(store, settings.lease_seconds, settings.max_attempts)
-    from appliance.reports.unavailable import unavailable_reporter  # issue 13: failures reported to PACS
-
-    deliver = deliver if deliver is not None else default_deliver(config, store)
-    return Scheduler(
-        store,
-        queue,
-        pipelines if pipelines is not None else {
-            name: _Lazy(spec) for name, spec in PIPELINE_SPECS.items()} | {
-            "pathology": functools.partial(run_pathology_job, config=config)},
-        report if report is not None else default_report(config),
-        deliver,
-        source,
-        plan_devices(settings.devices, config.engines.cpu_threads, settings.device_memory_budget_mb * 2**20),
-        PIPELINE_TASKS,
-        data_dir=config.data_dir,
-        preemption=settings.preemption,
-        max_wait_seconds=settings.max_wait_seconds,
-        on_study_failure=unavailable_reporter(config, store, deliver),
-    )
-
-
-def default_report(config: Config) -> ReportFn:
-    """``appliance.reports.build.build_reports`` into ``data_dir/outbox``, imported on first use."""
-
-    def report(result: StudyResult, job: Job) -> Sequence[Path]:
-        from appliance.outbox import outbox_dir
-        from appliance.reports.build import build_reports
-        from appliance.reports.sr import DeviceInfo
-
-        device = DeviceInfo.from_serial(socket.gethostname()[:64] or "appliance", name=config.node.ae_title)
-        return build_reports(result, outbox_dir(config.data_dir), device)
-
-    return report
-
-
-def default_deliver(config: Config, store: StateStore) -> DeliverFn:
-    """``appliance.outbox.enqueue`` of every file for every destination; returns the rows queued."""
-
-    def deliver(job: Job, files: Sequence[Path]) -> int:
-        from appliance.outbox import enqueue
-
-        names = [d.name for d in config.destinations]
-        if not names:
-            logger.warning("job %s: no destinations configured; %d result file(s) stay in the outbox", job.id, len(files))
-            return 0
-        rows = 0
-        for path in files:
-            rows += len(enqueue(store, job.id, path, _sop_instance_uid(path), names))
-        return rows
-
-    return deliver
-
-
-def _sop_instance_uid(path: Path) -> str:
-    """The file's SOP Instance UID (reports name files ``<SOP Instance UID>.dcm``; read it to be sure)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    return str(ds.SOPInstanceUID)

@@ -35,12 +35,12 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 
-from dicom_node._acceptor import SUPPORTED, EventDrivenRequestHandler
 from dicom_node._receive import Reception, RefusedCommand
 from dicom_node._storage_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from dicom_node._transport import escape_pynetdicom_logs, hardened_server_class, printable
 from dicom_node.access import AccessPolicy, Rejection
 from dicom_node.limits import DataSetLimits, NetworkLimits
+from dicom_node.speedups import EventDrivenRequestHandler, tune_acceptor
 from dicom_node.spool import Spool
 from dicom_node.store import InstanceRecord, InstanceSink, InstanceStore, Outcome, StoreStatus
 from dicom_node.uids import is_valid_uid
@@ -55,28 +55,22 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 # pynetdicom's "standard" handlers format a debug dump of every DIMSE message and PDU even when
 # debug logging is off; that costs time per C-STORE, so only its plain log lines remain.
 _config.LOG_HANDLER_LEVEL = "none"
-# The event-driven acceptor streams C-STORE data sets itself (dicom_node._receive); with another
-# pynetdicom series, pynetdicom's own acceptor writes them to a temporary file, never to memory.
-_config.STORE_RECV_CHUNKED_DATASET = not SUPPORTED
+# C-STORE data sets stream to the spool (dicom_node._receive) with the speed-ups' acceptor; without it,
+# pynetdicom's own acceptor writes them to a temporary file, never to memory: dicom_node.speedups sets
+# pynetdicom's _config.STORE_RECV_CHUNKED_DATASET accordingly.
 # pynetdicom logs values it decoded from a peer's PDUs (AE titles) raw: one line each, escaped.
 escape_pynetdicom_logs()
 #: a data set held in memory or in pynetdicom's temporary file is scanned and copied in blocks of this size
 _COPY_BLOCK = 1 << 20
 
 
-#: How long pynetdicom's DUL thread sleeps between polls when idle (its default is 1 ms). The
-#: event-driven acceptor (:mod:`dicom_node._acceptor`) waits on its socket instead; this only
-#: remains for pynetdicom's own loop (another pynetdicom series) and its stop_dul() join.
-DUL_POLL_SECONDS = 0.0002
-
-
 def _tune(assoc: Any) -> None:
-    """Lower per-message latency of an accepted association: TCP_NODELAY and a shorter DUL poll."""
+    """Lower per-message latency of an accepted association: TCP_NODELAY (and, with the speed-ups, a shorter DUL poll)."""
     try:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):
         pass
-    assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    tune_acceptor(assoc)
 
 
 def _reject(assoc: Any, rejection: Rejection) -> None:

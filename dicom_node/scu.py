@@ -5,37 +5,17 @@ outcome is either success or a :class:`~dicom_node.errors.DeliveryFailed`
 whose message says why: association refused, rejected or aborted, a timeout,
 or a non-success status with its hex code and meaning (PS3.4 B.2.3).
 
-Where the time goes, and why this SCU is fast
----------------------------------------------
-A plain pynetdicom SCU manages about 21 C-STOREs/s over loopback: a floor of
-about 47 ms per operation. pynetdicom writes the command set and the data set
-of a C-STORE-RQ as two separate P-DATA-TF PDUs, two small ``send()`` calls on
-a socket that has Nagle's algorithm on. Nagle holds the second write until the
-first is acknowledged, and the peer (waiting for the rest of the message before
-it answers) delays that ACK by its delayed-ACK timer, 40 ms on Linux. So every
-C-STORE waits for a timer. Fixes, none of which fork pynetdicom:
-
-* ``TCP_NODELAY`` on our socket, set from the documented ``EVT_CONN_OPEN``
-  hook on the :class:`~pynetdicom.transport.AssociationSocket`: the floor is gone
-  (about 140/s).
-* The DUL reactor polls its socket and sleeps ``_run_loop_delay`` (1 ms)
-  whenever a loop finds nothing to do; we set it to 0.1 ms for our
-  short-lived associations (plain pynetdicom + TCP_NODELAY: about 140-200/s).
-* What is left is per-message work, not waiting: ``send_c_store`` pauses the
-  association's reactor for every message (waiting out its 1 ms sleep), builds
-  the command set as a pydicom Dataset twice (once for the group length),
-  decodes and re-encodes every file, and hands each PDU to the DUL thread.
-  For a file whose transfer syntax the peer accepted we instead pause the
-  reactor once per batch, exactly as ``send_c_store`` does, encode the fixed
-  C-STORE-RQ command set ourselves (PS3.7 9.3.1.1, Implicit VR Little Endian
-  per PS3.7 6.3.1), put the command PDV and the first data PDV into one
-  P-DATA-TF PDU and write it straight to the socket (TLS sockets, which must
-  not be written and read from two threads, go through the DUL's
-  ``send_pdu``). Responses still come back through pynetdicom's DUL and DIMSE
-  provider. pynetdicom's per-PDU debug log handlers are unbound unless its
-  debug log is on. A file is read in fragments as it goes out, never whole;
-  only a file the peer wants in another uncompressed syntax goes through
-  ``send_c_store`` decoded, and only up to :data:`CONVERT_LIMIT` bytes.
+Why this SCU is fast: a plain pynetdicom SCU waits about 47 ms per C-STORE over
+loopback, because it writes the command and the data set as two small PDUs on a
+socket with Nagle's algorithm on, and the peer's delayed ACK (40 ms on Linux)
+holds the second. ``TCP_NODELAY``, set from the documented ``EVT_CONN_OPEN``
+hook, removes that floor. The rest is pynetdicom's per-message work, which
+:mod:`dicom_node.speedups` removes for a file whose transfer syntax the peer
+accepted (its P-DATA writer; figures there). With the speed-ups off, such a
+file goes through ``send_c_store`` with pynetdicom's documented chunked send
+(``_config.STORE_SEND_CHUNKED_DATASET``): read in fragments, never whole. Only
+a file the peer wants in another uncompressed syntax is decoded, and only up to
+:data:`CONVERT_LIMIT` bytes.
 
 ``bench/deliver.py`` measures this against dcmtk ``storescu``.
 """
@@ -52,51 +32,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, Status, code_to_category
 
-from dicom_node._c_store import (
-    COMMAND_LAST,
-    DATA,
-    DATA_LAST,
-    PDV_OVERHEAD,
-    UNCOMPRESSED,
-    FileInfo,
-    UnsendableFile,
-    contexts_for,
-    encode_c_store_rq,
-    encode_p_data_tf,
-    read_info,
-)
+from dicom_node._c_store import UNCOMPRESSED, FileInfo, UnsendableFile, contexts_for, read_info
 from dicom_node.errors import DeliveryFailed
+from dicom_node.speedups import PDataWriter
 
-__all__ = [
-    "Destination",
-    "StorageSCU",
-    "StoreResult",
-    "StoreSession",
-    "UnsendableFile",
-    "describe_status",
-]
+__all__ = ["Destination", "StorageSCU", "StoreResult", "StoreSession", "UnsendableFile", "describe_status"]
 
 logger = logging.getLogger(__name__)
 
-#: DUL poll interval for our associations (pynetdicom's default is 1 ms)
-_DUL_LOOP_DELAY = 0.0001
+# A file goes out as stored, read in fragments (pynetdicom's documented hook; ``send_c_store`` given a path).
+_config.STORE_SEND_CHUNKED_DATASET = True
 _VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class (PS3.4 A.4)
 #: a file is sent as stored, in fragments read as they go; only one whose transfer syntax the peer did not
 #: accept is decoded to be converted, and only up to this size (results are small; instances are not)
@@ -142,30 +98,11 @@ class StoreResult:
         return self.error is None
 
 
-
 def _nodelay(event: evt.Event) -> None:
     """EVT_CONN_OPEN: turn Nagle off so small PDUs are not held for a delayed ACK."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _quiet(assoc: Association) -> None:
-    """Unbind pynetdicom's per-PDU/DIMSE debug log handlers unless its debug log is on.
-
-    They format every message for a log nobody reads (and could name patient data):
-    about a sixth of the CPU time of a small C-STORE.
-    """
-    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        return
-    for event, handler in (
-        (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-        (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-        (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-        (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-    ):
-        assoc.unbind(event, handler)
-
 
 
 class StoreSession:
@@ -186,11 +123,7 @@ class StoreSession:
         self._by_class: dict[str, list[PresentationContext]] = {}
         for cx in cxs:
             self._by_class.setdefault(str(cx.abstract_syntax), []).append(cx)
-        self._fast = hasattr(assoc, "_reactor_checkpoint") and hasattr(assoc, "_is_paused")
-        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-        self._raw_socket = sock if sock is not None and not isinstance(sock, ssl.SSLSocket) else None
-        if self._raw_socket is not None:
-            self._raw_socket.settimeout(timeout)  # bounds our writes; the DUL reads only what select() saw
+        self._writer = PDataWriter(assoc, destination, timeout, self._fail) if PDataWriter.fits(assoc) else None
 
     @property
     def usable(self) -> bool:
@@ -204,8 +137,10 @@ class StoreSession:
         if not self._assoc.is_established:
             raise self._fail(f"association to {self.destination} ended before the C-STORE")
         cx = self._exact.get((info.sop_class_uid, info.transfer_syntax))
-        if cx is not None and self._fast:
-            rsp = self._store_as_stored(info, cx)
+        if cx is not None and self._writer is not None:
+            rsp = self._writer.store(info, cx, self._next_id())
+        elif cx is not None:
+            rsp = self._send_c_store(info.path, info)
         else:
             rsp = self._store_converted(info)
         status = int(getattr(rsp, "Status", -1))
@@ -224,93 +159,6 @@ class StoreSession:
     def _fail(self, reason: str) -> DeliveryFailed:
         self._broken = reason
         return DeliveryFailed(reason)
-
-    def _pause_reactor(self) -> None:
-        """Stop the association's reactor taking DIMSE messages, as ``send_c_store`` does itself."""
-        assoc: Any = self._assoc
-        if assoc._reactor_checkpoint.is_set():
-            assoc._reactor_checkpoint.clear()
-            deadline = time.monotonic() + self._timeout
-            while not assoc._is_paused:
-                if time.monotonic() > deadline or not assoc.is_established:
-                    raise self._fail(f"association to {self.destination} did not pause for sending")
-                time.sleep(0.0001)
-
-    def _resume_reactor(self) -> None:
-        if self._fast:
-            self._assoc._reactor_checkpoint.set()
-
-    def _send_pdvs(self, pdvs: list[tuple[int, int, bytes]]) -> None:
-        """One P-DATA-TF PDU carrying ``(context id, message control header, bytes)`` PDVs (PS3.8 9.3.5).
-
-        Over plain TCP the PDU is written from this thread: sending P-DATA leaves the
-        DUL state machine in Sta6 (DT-1), nothing else writes while the reactor is
-        paused, and a socket may send in one thread while the DUL thread reads in
-        another. A TLS socket may not, so TLS goes through the DUL's queue.
-        """
-        if self._raw_socket is None:
-            pdata = P_DATA()
-            pdata.presentation_data_value_list = [[cx, bytes((header,)) + data] for cx, header, data in pdvs]  # type: ignore[misc]
-            self._assoc.dul.send_pdu(pdata)
-            return
-        try:
-            self._raw_socket.sendall(encode_p_data_tf(pdvs))
-        except OSError as exc:
-            raise self._fail(f"connection to {self.destination} failed while sending: {exc}") from None
-
-    def _store_as_stored(self, info: FileInfo, cx: PresentationContext) -> Any:
-        """Send the command set and the file's data set byte for byte (PS3.7 9.3.1, PS3.8 9.3.5).
-
-        The command PDV and the first data PDV share one P-DATA-TF PDU (a PDU may carry
-        several PDVs; command and data never share one PDV), so a small instance is one
-        write; larger data sets follow in fragments that fit the peer's maximum PDU.
-        """
-        self._pause_reactor()
-        context_id = int(cx.context_id or 0)
-        message_id = self._next_id()
-        command = encode_c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
-        peer_max = int(self._assoc.acceptor.maximum_length or 0)  # 0: no limit (PS3.8 D.1)
-        limit = min(peer_max, 1 << 22) if peer_max else 1 << 22
-        first = limit - 2 * PDV_OVERHEAD - len(command)
-        if first < 1:
-            raise DeliveryFailed(
-                f"{self.destination} accepts PDUs of at most {peer_max} bytes, too small for a C-STORE command set"
-            )
-        try:
-            with open(info.path, "rb") as handle:
-                handle.seek(info.offset)
-                self._send_data(handle, context_id, [(context_id, COMMAND_LAST, command)], first, limit - PDV_OVERHEAD)
-        except OSError as exc:
-            raise self._fail(f"cannot read {str(info.path)!r} while sending it: {exc}") from None
-        return self._response(message_id)
-
-    def _send_data(
-        self, handle: BinaryIO, context_id: int, leading: list[tuple[int, int, bytes]], first: int, size: int
-    ) -> None:
-        """Data set fragments; the last one has the last-fragment bit set (PS3.8 E.2)."""
-        chunk = handle.read(first)
-        while True:
-            following = handle.read(size)
-            self._send_pdvs([*leading, (context_id, DATA if following else DATA_LAST, chunk)])
-            if not following:
-                return
-            leading, chunk = [], following
-
-    def _response(self, message_id: int) -> Any:
-        _, rsp = self._assoc.dimse.get_msg(block=True)
-        if rsp is None:
-            if self._assoc.is_aborted or not self._assoc.is_established:
-                raise self._fail(f"association to {self.destination} was aborted during the C-STORE")
-            self._assoc.abort()
-            raise self._fail(f"{self.destination} sent no C-STORE response within {self._timeout:g} s; association aborted")
-        answered = getattr(rsp, "MessageIDBeingRespondedTo", None)
-        if answered != message_id or type(rsp).__name__ != "C_STORE":
-            self._assoc.abort()
-            raise self._fail(
-                f"{self.destination} answered message {answered} with {type(rsp).__name__}, "
-                f"expected the C-STORE response to {message_id}; association aborted"
-            )
-        return rsp
 
     def _store_converted(self, info: FileInfo) -> Any:
         """pynetdicom's ``send_c_store`` with the decoded data set, for a transfer syntax it must convert."""
@@ -333,8 +181,12 @@ class StoreSession:
             dataset = dcmread(info.path)
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             raise UnsendableFile(f"result file {str(info.path)!r} cannot be decoded: {exc}") from None
+        return self._send_c_store(dataset, info)
+
+    def _send_c_store(self, source: Dataset | Path, info: FileInfo) -> Any:
+        """pynetdicom's ``send_c_store``: a decoded data set, or a file sent as stored in fragments."""
         try:
-            rsp = self._assoc.send_c_store(dataset, msg_id=self._next_id())
+            rsp = self._assoc.send_c_store(source, msg_id=self._next_id())
         except (ValueError, AttributeError, RuntimeError) as exc:
             raise DeliveryFailed(f"{self.destination}: cannot send {info.sop_instance_uid}: {exc}") from None
         if not rsp or "Status" not in rsp:
@@ -345,7 +197,8 @@ class StoreSession:
 
     def close(self) -> None:
         """Release the association (PS3.8 7.2); abort when the peer does not answer."""
-        self._resume_reactor()
+        if self._writer is not None:
+            self._writer.resume_reactor()
         if self._assoc.is_established:
             self._assoc.release()
         if self._assoc.is_established:
@@ -354,7 +207,8 @@ class StoreSession:
     def abort(self) -> None:
         """Abort from any thread (used when the sender stops)."""
         self._broken = self._broken or "aborted locally"
-        self._resume_reactor()
+        if self._writer is not None:
+            self._writer.resume_reactor()
         if self._assoc.is_established:
             self._assoc.abort()
 
@@ -405,8 +259,7 @@ class StorageSCU:
             evt_handlers=[(evt.EVT_CONN_OPEN, opened)],
         )
         if assoc.is_established:
-            assoc.dul._run_loop_delay = _DUL_LOOP_DELAY
-            _quiet(assoc)
+            PDataWriter.tune(assoc)
             return assoc
         self._forget(assoc)
         elapsed = time.monotonic() - started

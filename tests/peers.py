@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import json
+from typing import Any
 
-from appliance.demo._pacs import free_port, launch_orthanc, orthanc_config, stop_process
+import httpx
 
 DCMTK = Path("/usr/bin")
 STORESCU = DCMTK / "storescu"
@@ -47,6 +48,75 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
             time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process; kill it if it has not ended within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def orthanc_config(name: str, database: Path, ae_title: str, dicom_port: int, http_port: int) -> dict[str, Any]:
+    """An Orthanc configuration for a test PACS on loopback ports.
+
+    Orthanc 1.10 cannot bind one address: it refuses remote HTTP instead (``RemoteAccessAllowed``).
+    """
+    return {
+        "Name": name,
+        "StorageDirectory": str(database),
+        "IndexDirectory": str(database),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": ae_title,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": True,
+        "UnknownSopClassAccepted": True,
+        "Plugins": [],
+        "StableAge": 1,
+    }
+
+
+def launch_orthanc(executable: Path, config: dict[str, Any], storage: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start Orthanc with ``config`` (written to ``storage/orthanc.json``; log beside it) and TCP_NODELAY.
+
+    Returns once its REST API and its DICOM port answer; a process that exits or
+    does not answer within ``timeout`` is stopped and reported naming its log.
+    """
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = storage / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    with open(storage / "orthanc.log", "ab") as log:
+        process = subprocess.Popen([str(executable), str(cfg)], stdout=log, stderr=log, env=peer_env())
+    url = f"http://127.0.0.1:{config['HttpPort']}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                httpx.get(f"{url}/system", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Orthanc did not start; see {storage / 'orthanc.log'}") from None
+                time.sleep(0.1)
+        wait_for_port(int(config["DicomPort"]), max(deadline - time.monotonic(), 1.0))
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
 
 
 def dciodvfy(path: Path) -> tuple[list[str], str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
+from types import ModuleType
 
 import typer
 
-#: modules under appliance.cli each defining ``register(app: typer.Typer) -> None``
-COMMAND_MODULES = ("_status", "_serve", "_echo", "_engines", "_clinical", "_export", "_submit", "_demo",)
+from appliance.cli import _clinical, _demo, _echo, _engines, _export, _serve, _status, _submit
+
+#: command modules, in help order; each defines ``register(app: typer.Typer) -> None``
+COMMAND_MODULES: tuple[ModuleType, ...] = (_status, _serve, _echo, _engines, _clinical, _export, _submit, _demo)
 
 
 def register(app: typer.Typer) -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"appliance.cli.{name}").register(app)
+    for module in COMMAND_MODULES:
+        module.register(app)

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from appliance.cli._extras import require_export_extra
+
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM as Ctrl-C: unwinds the demo, which stops its appliance and its PACS (no orphaned Orthanc)."""
@@ -30,6 +32,7 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 only when both Structured Reports arrived in the PACS. The engines are demo models, not for clinical use.
         """
+        require_export_extra("demo")  # the demo engines are trained and exported here
         from appliance.demo.run import run_demo
 
         logging.getLogger().setLevel(logging.WARNING)  # the demo shows its own progress

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from appliance.cli._extras import require_export_extra
 from appliance.cli._options import ConfigOption, config_from
 
 DEMO_NOTICE = "demo model, not for clinical use"
@@ -94,33 +95,6 @@ def _results_table(bundles: dict[str, dict[str, Path]]) -> Table:
     return table
 
 
-ENCODER_TASKS = ("pathology_tile", "pathology_slide")
-
-
-def _encoder_specs(
-    name: str, checkpoint: Path | None, readout: str, tile_size: int, mpp: float, quick: bool, say: _Reporter
-) -> dict[str, Any]:
-    """Export specs of a ViT tile encoder (site checkpoint, or a demo ViT trained here) and its aggregator."""
-    from export.checkpoint import describe, load_vit
-    from export.encoder import QUICK_ENCODER_DATA, EncoderData, encoder_specs
-    from export.models.vit import preset
-    from export.train import train_demo_vit
-
-    base = preset(name, readout=readout, tile_size=tile_size, mpp=mpp)
-    if checkpoint is not None:
-        say("load", f"{checkpoint.name}: matching {name} strictly (timm VisionTransformer layout)")
-        model = load_vit(checkpoint, base)
-        source = f"site checkpoint {checkpoint.name}"
-    else:
-        say("train", f"no --checkpoint: training a random-initialized {name} on synthetic tiles ({DEMO_NOTICE})")
-        model = train_demo_vit(base, tiles=64 if quick else 768, epochs=1 if quick else 2, progress=lambda m: say("train", m))
-        source = f"demo training on synthetic tiles ({DEMO_NOTICE})"
-    say("load", f"{name}: {describe(model.config)}")
-    specs, _ = encoder_specs(model, QUICK_ENCODER_DATA if quick else EncoderData(), demo=checkpoint is None,
-                             source=source, say=say, count=say.count)  # fmt: skip
-    return specs
-
-
 def register(app: typer.Typer) -> None:
     from appliance.cli._engines import engines_app, open_registry
 
@@ -146,77 +120,23 @@ def register(app: typer.Typer) -> None:
         quick: Annotated[bool, typer.Option("--quick", help="Tiny models and data (for tests).", hidden=True)] = False,
     ) -> None:
         """Export models to signed engine bundles: ONNX, FP16, INT8 (Q/DQ), accuracy gate, signing."""
-        from dataclasses import replace
-
-        from export.demo import TASKS, task_specs
-        from export.errors import ExportError
+        require_export_extra("export")
         from export.gate import GateConfig
-        from export.pipeline import PRECISIONS, convert_task, sign_bundles
-        from export.train import QUICK_SIZES, DemoSizes, train_demo_models
+        from export.orchestrate import ExportRequest, run_export
 
-        known = ENCODER_TASKS if encoder is not None else TASKS
-        tasks = tuple(task or known)
-        bad = sorted(set(tasks) - set(known))
-        if bad:
-            raise ExportError(f"unknown task(s) {bad}{' with --encoder' if encoder else ''}; known: {list(known)}")
-        if encoder is not None and "pathology_slide" not in tasks:
-            tasks = (*tasks, "pathology_slide")  # the aggregator is trained on this encoder's embeddings: ship it too
-        precisions = tuple(p.value for p in precision) if precision else PRECISIONS
-        if "fp32" not in precisions:
-            precisions = ("fp32", *precisions)  # the gate compares against fp32
-        if tensorrt:
-            from export.tensorrt_build import tensorrt_available
-
-            if not tensorrt_available():
-                raise ExportError("--tensorrt needs the tensorrt package and a GPU on this machine; it is not installed")
-        gate = GateConfig(max_auc_drop=max_auc_drop, min_agreement=min_agreement, max_probability_diff=max_prob_diff)
-        demo = key is None
+        request = ExportRequest(
+            out=out, tasks=tuple(task or ()), checkpoint=checkpoint, encoder=encoder.value if encoder else None,
+            readout=readout.value, tile_size=tile_size, mpp=mpp, key=key, vendor=vendor, version=version,
+            precisions=tuple(p.value for p in precision or ()), calibration=calibration.value,
+            gate=GateConfig(max_auc_drop=max_auc_drop, min_agreement=min_agreement, max_probability_diff=max_prob_diff),
+            triton=triton, tensorrt=tensorrt, quick=quick,
+        )
         console = Console()
         with _progress(console) as say:
-            if key is None:
-                from export.demo import ensure_demo_key
-
-                pem = ensure_demo_key(out / "keys", out / "trusted_keys")
-                say("sign", f"no --key given: signing with a demo key, bundles are marked demo ({DEMO_NOTICE})")
-            else:
-                pem = key.read_bytes()
-            if encoder is not None:
-                specs = _encoder_specs(encoder.value, checkpoint, readout.value, tile_size, mpp, quick, say)
-                demo = demo or checkpoint is None
-            else:
-                sizes = QUICK_SIZES if quick else DemoSizes()
-                models = train_demo_models(sizes, progress=lambda m: say("train", m), checkpoint=checkpoint)
-                specs = task_specs(models)
-            bundles: dict[str, dict[str, Path]] = {}
-            for name in tasks:
-                spec = specs[name]
-                spec.int8 = replace(spec.int8, method=calibration.value)
-                report = convert_task(spec, out / "work" / name, precisions, gate, say, count=say.count)
-                paths = sign_bundles(spec, report, out / "bundles", pem, version, vendor, demo, gate)
-                bundles[name] = dict(zip(report.results, paths, strict=True))
-                if triton is not None:
-                    from export.triton_repo import write_triton_bundle, write_triton_model
-
-                    for p, result in report.results.items():
-                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card,
-                                           batch_sizes=spec.batch_sizes)
-                        write_triton_bundle(bundles[name][p], out / "bundles" / f"{name}-{version}-{p}-triton",
-                                            f"{name}_{p}", pem)
-                    say("triton", f"{name}: model repository entries in {triton}")
-                if tensorrt:
-                    from export.tensorrt_build import TrtBuildSettings, build_engine, describe
-
-                    for p in ("fp16", "int8"):
-                        if p in report.results:
-                            say("build", f"{name} {p}: TensorRT strongly typed build")
-                            record = build_engine(
-                                report.results[p].model, out / "work" / name / p / "model.plan",
-                                TrtBuildSettings(timing_cache=out / "timing.cache"),
-                            )
-                            say("build", f"{name} {p}: {describe(record)}")
-        console.print(_results_table(bundles))
+            outcome = run_export(request, say, say.count)
+        console.print(_results_table(outcome.bundles))
         console.print(f"signed bundles in {out / 'bundles'}")
-        if demo:
+        if outcome.demo:
             console.print(f"[yellow]{DEMO_NOTICE}[/yellow]: trusted key for these bundles is {out / 'trusted_keys'}")
 
     @engines_app.command("install-demo")
@@ -226,6 +146,7 @@ def register(app: typer.Typer) -> None:
         quick: Annotated[bool, typer.Option("--quick", help="Tiny models and data (for tests).", hidden=True)] = False,
     ) -> None:
         """Make (or reuse) the demo engines, install them and activate them (demo model, not for clinical use)."""
+        require_export_extra("engines install-demo")
         from export.demo import DEMO_GATE, QUICK_GATE, install_demo
         from export.train import QUICK_SIZES, DemoSizes
 

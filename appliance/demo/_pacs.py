@@ -1,4 +1,4 @@
-"""The demo's PACS: Orthanc on free loopback ports when installed, else a small storage SCP.
+"""The demo's PACS: Orthanc on free loopback ports when installed, else the node's own storage SCP.
 
 Both answer :meth:`LocalPacs.find_sr` (the Structured Reports that arrived for
 a study) so the demo can tell when a result is in the PACS. Orthanc is asked
@@ -16,12 +16,16 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.errors import ApplianceError
+from dicom_node.access import AccessPolicy, Peer
+from dicom_node.errors import DuplicateInstance
+from dicom_node.scp import InstanceRecord, StorageSCP
+from dicom_node.spool import Spool
 
 __all__ = [
     "ORTHANC", "LocalPacs", "OrthancPacs", "SrArrival", "StoreScpPacs", "free_port", "launch_orthanc", "start_pacs",
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 ORTHANC = Path("/usr/sbin/Orthanc")
 PACS_AE_TITLE = "DEMO-PACS"
 _START_TIMEOUT = 60.0
-_SUCCESS = 0x0000  #: C-STORE Success (PS3.4 Table B.2-1)
+APPLIANCE_AE_TITLE = "APPLIANCE"  #: the demo appliance's AE title, the one peer the fallback PACS accepts
 
 
 def free_port() -> int:
@@ -198,62 +202,68 @@ class OrthancPacs:
 
 
 class StoreScpPacs:
-    """A pynetdicom storage SCP writing every instance it receives under ``storage`` (fallback PACS)."""
+    """The node's own :class:`~dicom_node.scp.StorageSCP` as the fallback PACS: instances durable under ``storage``.
+
+    Only ``calling_ae`` (the appliance's AE title) from 127.0.0.1 may associate, as a
+    PACS would allow only the peers it knows.
+    """
 
     kind = "storage SCP"
 
-    def __init__(self, storage: Path, ae_title: str = PACS_AE_TITLE) -> None:
-        self.storage, self.ae_title = storage, ae_title
+    def __init__(self, storage: Path, ae_title: str = PACS_AE_TITLE, calling_ae: str = APPLIANCE_AE_TITLE) -> None:
+        self.storage, self.ae_title, self.calling_ae = storage, ae_title, calling_ae
         self.port = free_port()
-        self._server: object | None = None
-        self._lock = threading.Lock()
-        self._received: list[tuple[str, str, str, Path, float]] = []  # study, modality, sop uid, path, at
+        self._scp: StorageSCP | None = None
+        self._sink = _ReceivedInstances()
 
     def start(self) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
+        if self._scp is not None:
+            return
         shutil.rmtree(self.storage, ignore_errors=True)
-        self.storage.mkdir(parents=True)
-        ae = AE(ae_title=self.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
-        ae.add_supported_context(Verification)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
+        policy = AccessPolicy(self.ae_title, [Peer(self.calling_ae, "127.0.0.1")])
+        self._scp = StorageSCP(self.ae_title, "127.0.0.1", self.port, Spool(self.storage), self._sink, policy)
+        self._scp.start()
         logger.info("storage SCP %s on 127.0.0.1:%d", self.ae_title, self.port)
 
-    def _on_store(self, event: object) -> int:
-        ds = event.dataset  # type: ignore[attr-defined]
-        ds.file_meta = event.file_meta  # type: ignore[attr-defined]
-        uid = str(ds.SOPInstanceUID)
-        path = self.storage / f"{uid}.dcm"
-        tmp = path.with_name(f".{path.name}.tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        with self._lock:
-            self._received.append((str(ds.StudyInstanceUID), str(ds.get("Modality", "")), uid, path, time.time()))
-        return _SUCCESS
-
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
+        scp, self._scp = self._scp, None
+        if scp is not None:
+            scp.stop()
+
+    def find_sr(self, study_uid: str) -> list[SrArrival]:
+        return self._sink.find_sr(study_uid)
+
+
+class _ReceivedInstances:
+    """The fallback PACS's index: each committed instance's study, modality, path and arrival time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: dict[str, tuple[InstanceRecord, float]] = {}
+
+    def commit(self, records: Sequence[InstanceRecord]) -> None:
+        """Index the records (the :class:`~dicom_node.scp.InstanceSink` contract: a UID is stored once)."""
+        now = time.time()
+        with self._lock:
+            for record in records:
+                known = self._received.get(record.sop_instance_uid)
+                if known is not None and (known[0].study_uid, known[0].series_uid) != (record.study_uid,
+                                                                                         record.series_uid):
+                    raise DuplicateInstance("SOP Instance UID stored already under another study or series")
+                self._received.setdefault(record.sop_instance_uid, (record, now))
 
     def find_sr(self, study_uid: str) -> list[SrArrival]:
         with self._lock:
-            return [SrArrival(uid, str(path), at) for study, modality, uid, path, at in self._received
-                    if study == study_uid and modality == "SR"]
+            return [SrArrival(uid, str(record.path), at) for uid, (record, at) in self._received.items()
+                    if record.study_uid == study_uid and record.modality == "SR"]
 
 
-def start_pacs(storage: Path, prefer_orthanc: bool = True) -> LocalPacs:
-    """Orthanc when installed (and ``prefer_orthanc``), else the storage SCP; started."""
+def start_pacs(storage: Path, prefer_orthanc: bool = True, calling_ae: str = APPLIANCE_AE_TITLE) -> LocalPacs:
+    """Orthanc when installed (and ``prefer_orthanc``), else the storage SCP accepting ``calling_ae``; started."""
     pacs: LocalPacs
     if prefer_orthanc and ORTHANC.is_file() and os.access(ORTHANC, os.X_OK):
         pacs = OrthancPacs(storage / "orthanc")
     else:
-        pacs = StoreScpPacs(storage / "storescp")
+        pacs = StoreScpPacs(storage / "storescp", calling_ae=calling_ae)
     pacs.start()
     return pacs

@@ -25,7 +25,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance.config import Config, parse_config
-from appliance.demo._pacs import LocalPacs, SrArrival, free_port, start_pacs
+from appliance.demo._pacs import APPLIANCE_AE_TITLE, LocalPacs, SrArrival, free_port, start_pacs
 from appliance.demo._quiet import output_to_log
 from appliance.demo._scanner import SCANNER_AE_TITLE, DemoStudy, send_study, write_dce_study, write_slide_study
 from appliance.service import Service
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 DEMO_NOTICE = "demo models, not for clinical use"
 DEFAULT_DATA_DIR = Path("./var/demo")
 DEMO_LOG = "demo.log"  #: under the data directory: what the export stage prints
-NODE_AE_TITLE = "APPLIANCE"
+NODE_AE_TITLE = APPLIANCE_AE_TITLE
 _LABELS = {"pathology": ("no tumour", "tumour"), "breast_mri": ("node negative", "node positive")}
 _POLL_SECONDS = 0.25
 
@@ -118,7 +118,7 @@ def ensure_engines(data_dir: Path, trusted_keys_dir: Path, console: Console, qui
 @contextmanager
 def running_demo(data_dir: Path, stable_seconds: float = 3.0, prefer_orthanc: bool = True) -> Iterator[tuple[Service, LocalPacs, str]]:
     """A started local PACS and appliance service; yields (service, pacs, dashboard URL); stops both."""
-    pacs = start_pacs(data_dir / "pacs", prefer_orthanc)
+    pacs = start_pacs(data_dir / "pacs", prefer_orthanc, NODE_AE_TITLE)
     service: Service | None = None
     try:
         config = demo_config(data_dir, free_port(), pacs, stable_seconds)

@@ -36,13 +36,22 @@ PIPELINE: Literal["breast_mri"] = "breast_mri"
 
 
 class _Manifest(Protocol):
-    task: str
-    version: str
-    vendor: str
-    precision: str
-    sha256: str
-    demo: bool
-    model_card: dict[str, Any]
+    """What the pipeline reads of ``engines.manifest.Manifest`` (frozen: read-only members)."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def vendor(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def demo(self) -> bool: ...
+    @property
+    def model_card(self) -> dict[str, Any]: ...
 
 
 class _Engine(Protocol):

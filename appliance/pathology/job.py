@@ -1,16 +1,13 @@
-"""A slide job of the worker: the series' stored instances, the configured settings, the job's work directory."""
+"""A slide job's settings and work directory (the job itself runs in :class:`appliance.pipelines.PathologyPipeline`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from appliance.config import Config
-from appliance.findings import StudyResult
-from appliance.jobs import Job
-from appliance.pathology.pipeline import PathologySettings, Progress, run_dicom_series
+from appliance.pathology.pipeline import PathologySettings
 
-__all__ = ["job_settings", "run_job", "work_dir"]
+__all__ = ["job_settings", "work_dir"]
 
 
 def work_dir(data_dir: Path, job_id: str) -> Path:
@@ -26,17 +23,3 @@ def job_settings(config: Config | None, data_dir: Path, job_id: str) -> Patholog
         batch_size=config.worker.batch_size, memory_budget_mb=config.worker.memory_budget_mb,
         optical_path=config.pathology.optical_path, work_dir=work_dir(data_dir, job_id),
     )
-
-
-def run_job(job: Job, store: Any, engines: Any, progress: Progress, config: Config | None = None) -> StudyResult:
-    """Score the slide series of ``job`` with the active pathology engines (``engines.get(task)``).
-
-    ``store`` is the job's ``StateStore``: its database lives in the data directory, which holds the
-    job's work directory.
-    """
-    from appliance.mri.pipeline import job_instance_paths
-
-    paths = job_instance_paths(store, job.series_uids)
-    settings = job_settings(config, Path(store.path).parent, job.id)
-    return run_dicom_series(paths, engines.get("pathology_tile"), engines.get("pathology_slide"), job_id=job.id,
-                            progress=progress, settings=settings)

@@ -146,7 +146,9 @@ def test_two_slides_and_an_urgent_mri_all_complete_and_mri_overtakes(
     order deterministic; slide jobs take well under a second on the demo engines, so a busy worker
     could not be relied on to keep them queued.
     """
+    from appliance.assembly import assembly_component
     from appliance.config import load_config
+    from appliance.ingest import node_component
     from appliance.service import Service
 
     config = tmp_path / "appliance.toml"
@@ -157,8 +159,7 @@ def test_two_slides_and_an_urgent_mri_all_complete_and_mri_overtakes(
     mri = write_dce_study(scans / "dce", seed=11)
     studies = (slide_a, slide_b, mri)
 
-    receiver = Service(load_config(config), factories=["appliance.ingest:node_component",
-                                                       "appliance.assembly:assembly_component"])
+    receiver = Service(load_config(config), factories=[node_component, assembly_component])
     receiver.start()
     try:
         for study in studies:  # in this order, each queued before the next is sent

@@ -1,6 +1,6 @@
 """The scheduler on the real queue, registry and slide pipeline: device slots, priority order, preemption.
 
-Slide jobs run the real pathology pipeline (``appliance.worker.run_pathology_job``)
+Slide jobs run the real pathology pipeline (``appliance.pipelines.PathologyPipeline``)
 on signed tiny ONNX engines installed in a real registry, each slot with its own
 ONNX Runtime sessions. A gate in the progress callback holds a job at a batch
 boundary so the test can look at the slots while jobs run.
@@ -19,12 +19,14 @@ import pytest
 
 from appliance.config import parse_config
 from appliance.findings import StudyResult
+from appliance.inference import worker_component
 from appliance.ingest import StoreSink
 from appliance.jobs import Job, JobQueue
+from appliance.pipelines import PathologyPipeline
 from appliance.scheduler import Placement, Requirement, Scheduler
 from appliance.slots import Device, SlotBoard, plan_devices
 from appliance.state import StateStore
-from appliance.worker import EngineCache, ProgressFn, run_pathology_job, worker_component
+from appliance.worker import EngineCache, ProgressFn
 from dicom_node.scp import InstanceRecord
 from export.synthetic.slide import make_slide, write_dicom_wsi
 from tests.pathology.test_submit import _install
@@ -90,7 +92,7 @@ class Gate:
                 assert self.open.wait(WAIT), "the test never opened the gate"
             progress(done, total)
 
-        result = run_pathology_job(job, store, engines, held)
+        result = PathologyPipeline().run(job, store, engines, held)
         self.results[job.id] = result.findings[0].probability
         return result
 

@@ -94,11 +94,15 @@ def test_service_stops_started_components_when_one_fails(tmp_path: Path) -> None
     assert log == ["start a", "stop a"]
 
 
-def test_unknown_component_factory_is_named(tmp_path: Path) -> None:
-    from appliance.errors import ApplianceError
+def test_components_are_built_by_callables_in_start_order(tmp_path: Path) -> None:
+    """Issue 16: factories are objects a reader can follow, not ``"module:function"`` strings."""
+    from appliance.service import COMPONENT_FACTORIES
 
-    config = Config.model_validate({"node": {"data_dir": str(tmp_path / "var")}})
-    service = Service(config, factories=["appliance.nowhere:build"])
-    with pytest.raises(ApplianceError, match="appliance.nowhere:build"):
-        service.start()
-    service.stop()
+    assert all(callable(factory) and not isinstance(factory, str) for factory in COMPONENT_FACTORIES)
+    config = Config.model_validate({"node": {"data_dir": str(tmp_path / "var")},
+                                    "destinations": [{"name": "pacs", "ae_title": "PACS", "port": 4242}]})
+    service = Service(config)
+    try:
+        assert [c.name for c in service._build()] == ["dicom-node", "assembly", "worker", "delivery", "web"]
+    finally:
+        service.stop()

@@ -227,7 +227,7 @@ def test_default_deliver_queues_each_file_for_each_destination(data_dir: Path, t
     from pydicom.data import get_testdata_file
 
     from appliance.config import parse_config
-    from appliance.worker import default_deliver
+    from appliance.inference import default_deliver
 
     config = parse_config({"node": {"data_dir": str(data_dir)}, "destinations": [
         {"name": "pacs", "ae_title": "PACS"}, {"name": "archive", "ae_title": "ARCH"}]})
@@ -251,7 +251,7 @@ def test_components_run_under_the_service(data_dir: Path) -> None:
     from appliance.config import parse_config
     from appliance.service import Service
     from appliance.web import web_component
-    from appliance.worker import worker_component
+    from appliance.inference import worker_component
 
     config = parse_config({"node": {"data_dir": str(data_dir), "min_free_bytes": 1}, "web": {"port": 0}})
     store = StateStore.for_data_dir(data_dir)

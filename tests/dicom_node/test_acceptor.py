@@ -7,7 +7,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_node._acceptor import SUPPORTED, encode_c_store_rsp
+from dicom_node.speedups import SUPPORTED, encode_c_store_rsp
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 

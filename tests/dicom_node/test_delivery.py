@@ -121,6 +121,7 @@ def test_result_files_arrive_in_orthanc(store: StateStore, data_dir: Path, pacs:
     assert [_found(pacs, path.stem) for path in paths] == [1, 1, 1]
 
 
+@pytest.mark.slow  # Orthanc stopped and restarted
 def test_delivery_retries_while_orthanc_is_down_and_arrives_after_restart(
     store: StateStore, data_dir: Path, orthanc: Orthanc
 ) -> None:

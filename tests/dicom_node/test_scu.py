@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
@@ -105,7 +105,10 @@ def _raw_scp(
     """A pynetdicom SCP that keeps the data set bytes exactly as they came off the wire."""
 
     def handle(event: evt.Event) -> int:
-        received.append(event.request.DataSet.getvalue())
+        if _config.STORE_RECV_CHUNKED_DATASET:  # the node's speed-ups are off: pynetdicom's chunked receive
+            received.append(_data_set_bytes(Path(event.dataset_path)))
+        else:
+            received.append(event.request.DataSet.getvalue())
         return 0
 
     def pdu(event: evt.Event) -> None:

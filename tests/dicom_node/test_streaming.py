@@ -12,14 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from pynetdicom import _config
 
 from appliance.state import StateStore
-from dicom_node import _acceptor
+from dicom_node import speedups
 from tests.dicom_node._large import data_set_digest, write_large_instance
 from tests.dicom_node._node import OUR_AE, pydicom_file, running_node, storescu
 from tests.dicom_node._served import served_node
 from tests.peers import STORESCU, peer_env
+
+pytestmark = pytest.mark.slow  # hundreds of MiB through the node
 
 INSTANCE_MIB = 256
 #: what one association may add to the node's resident memory while it receives (PDU, write block, scanner)
@@ -65,14 +66,10 @@ def test_large_instance_streams_to_disk_with_bounded_memory(data_dir: Path, tmp_
         store.close()
 
 
-def test_pynetdicoms_own_acceptor_stores_the_same_bytes(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With another pynetdicom series the node falls back to pynetdicom's acceptor and its chunked receive."""
-    monkeypatch.setattr(_acceptor, "SUPPORTED", False)
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+def test_pynetdicoms_own_acceptor_stores_the_same_bytes(data_dir: Path, tmp_path: Path) -> None:
+    """With the speed-ups off (or another pynetdicom series): pynetdicom's acceptor and its chunked receive."""
     source = write_large_instance(tmp_path / "large.dcm", 8 << 20)
-    with running_node(data_dir) as node:
+    with speedups.disabled(), running_node(data_dir) as node:
         proc = storescu(node.port, [source, pydicom_file("MR_small.dcm")], "STORESCU", OUR_AE, "-R", "-xe")
         assert proc.returncode == 0 and node.instance_count() == 2, proc.stderr
         stored = {p.name: p for p in _stored(data_dir)}

@@ -32,6 +32,8 @@ from tests.peers import free_port
 from tests.pathology.tiny_engines import MEAN, STD, slide_model, tile_model
 from tests.triton_peer import TritonServer, require_triton, served_model
 
+pytestmark = pytest.mark.slow  # two real tritonservers
+
 TILE = 64
 DIM = 16
 TILE_CARD = {"inputs": [{"name": "image", "shape": ["N", 3, TILE, TILE], "dtype": "float32"}],

@@ -20,6 +20,8 @@ from export.checkpoint import CheckpointRejected
 from export.qdq_rules import check_qdq_model
 from tests.export.test_vit import _random_state, _save, timm_layout
 
+pytestmark = pytest.mark.slow  # export training: a ViT trained and exported
+
 
 @pytest.fixture(scope="module")
 def site_export(tmp_path_factory: pytest.TempPathFactory) -> Path:

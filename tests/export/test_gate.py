@@ -44,6 +44,7 @@ def test_a_precision_that_misses_the_gate_fails_with_a_table() -> None:
     assert "FAIL" in format_table("pathology_slide", results)
 
 
+@pytest.mark.slow  # export training
 def test_calibrating_on_constant_images_fails_the_gate(exported: Exported, tmp_path: Path) -> None:
     spec = replace(exported.specs["pathology_tile"])
     spec.calibration = [{"image": np.zeros_like(feed["image"])} for feed in spec.calibration[:2]]

@@ -15,6 +15,7 @@ from tests.export.conftest import Exported
 TASKS = ("pathology_tile", "pathology_slide", "breast_mri")
 
 
+@pytest.mark.slow  # export training
 @pytest.mark.parametrize("task", TASKS)
 def test_fp32_parity_with_pytorch_is_within_tolerance(exported: Exported, task: str) -> None:
     manifest = (exported.cache / "bundles" / f"{task}-0.1.0-demo-fp32" / "manifest.json").read_text()
@@ -24,6 +25,7 @@ def test_fp32_parity_with_pytorch_is_within_tolerance(exported: Exported, task: 
     assert 0.0 <= parity <= PARITY_TOLERANCE
 
 
+@pytest.mark.slow  # export training
 def test_breast_model_exports_to_standard_conv3d_only(exported: Exported) -> None:
     model = onnx.load(str(exported.cache / "work" / "breast_mri" / "fp32" / "model.onnx"))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -33,6 +35,7 @@ def test_breast_model_exports_to_standard_conv3d_only(exported: Exported) -> Non
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
 
 
+@pytest.mark.slow  # export training
 def test_dynamic_batch_and_bag_axes_run_at_other_sizes(exported: Exported) -> None:
     tile = exported.cache / "work" / "pathology_tile" / "fp32" / "model.onnx"
     size = exported.models.sizes.tile.tile_size

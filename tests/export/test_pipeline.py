@@ -15,6 +15,8 @@ from engines.registry import Registry
 from export.onnx_export import run_onnx
 from tests.export.conftest import Exported
 
+pytestmark = pytest.mark.slow  # export training: the session's demo models, exported and installed
+
 TASKS = ("pathology_tile", "pathology_slide", "breast_mri")
 PRECISIONS = ("fp32", "fp16", "int8")
 

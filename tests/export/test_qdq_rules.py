@@ -13,6 +13,8 @@ from export.errors import QdqRuleError
 from export.qdq_rules import WEIGHTED_OPS, check_qdq_model, weight_axis
 from tests.export.conftest import Exported
 
+pytestmark = pytest.mark.slow  # export training: the session's demo models, exported
+
 
 def _int8_graphs(exported: Exported) -> list[Path]:
     graphs = sorted(exported.cache.rglob("*.onnx"))

@@ -30,6 +30,7 @@ def test_build_without_tensorrt_names_the_reason(tmp_path: Path) -> None:
         build_engine(tmp_path / "model.onnx", tmp_path / "model.plan")
 
 
+@pytest.mark.slow  # export training
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_strongly_typed_build(exported: Exported, tmp_path: Path, precision: str) -> None:

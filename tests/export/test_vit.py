@@ -103,6 +103,7 @@ def _save(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow  # exports every ViT preset
 @pytest.mark.parametrize(("name", "ls", "reg", "nec"), VARIANTS)
 def test_truncated_preset_loads_strictly_and_exports_within_1e4(
     name: str, ls: bool, reg: int, nec: bool, tmp_path: Path

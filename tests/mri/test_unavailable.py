@@ -11,13 +11,14 @@ from pydicom.uid import generate_uid
 
 from appliance.config import parse_config
 from appliance.errors import ReportError
+from appliance.inference import worker_component
 from appliance.jobs import Job, JobQueue
 from appliance.mri.pipeline import job_instance_paths, prepare_inputs
 from appliance.reports.sr import DeviceInfo
 from appliance.reports.unavailable import NOT_AVAILABLE, build_unavailable_sr, write_unavailable
 from appliance.routing import route_open_series
 from appliance.state import StateStore
-from appliance.worker import EngineCache, ProgressFn, worker_component
+from appliance.worker import EngineCache, ProgressFn
 from tests.appliance._spooled import PATIENT_ID, PATIENT_NAME, spool_instance
 from tests.mri.test_protocols import TIMED_CARD
 from tests.peers import DSRDUMP, dciodvfy, require_tool
@@ -70,6 +71,16 @@ def _failing_pipeline(job: Job, store: StateStore, engines: EngineCache, progres
     prepare_inputs(job_instance_paths(store, job.series_uids), TIMED_CARD)
 
 
+class _NoEngines:
+    """An engine source with nothing installed: the failing pipeline never asks for an engine."""
+
+    def active_versions(self) -> dict[str, str]:
+        return {}
+
+    def load_active(self, task: str, cpu_threads: int = 0) -> None:
+        raise AssertionError(f"engine {task} requested")
+
+
 @pytest.mark.parametrize("failure_report", [True, False])
 def test_worker_sends_the_not_available_sr_for_a_study_failure(tmp_path: Path, failure_report: bool) -> None:
     config = parse_config({
@@ -82,7 +93,8 @@ def test_worker_sends_the_not_available_sr_for_a_study_failure(tmp_path: Path, f
     route_open_series(store, config.routes)
     queue = JobQueue(store, 60, 3)
     job_id, _ = queue.enqueue("breast_mri", study, series, 5)
-    scheduler = worker_component(config, store, pipelines={"breast_mri": _failing_pipeline})  # type: ignore[dict-item]
+    scheduler = worker_component(config, store, pipelines={"breast_mri": _failing_pipeline},  # type: ignore[dict-item]
+                                 source=_NoEngines())
     assert scheduler.workers[0].run_once() is not None
     job = store.query("select state, reason from jobs where id = ?", (job_id,))[0]
     assert job["state"] == "failed" and "1 phase found" in job["reason"]

@@ -6,10 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from appliance.reports import DeviceInfo, build_reports
 from tests.peers import STORESCU, Orthanc, peer_env, require_tool
 from tests.reports._cases import CASES
+
+pytestmark = pytest.mark.slow  # Orthanc
 
 DEVICE = DeviceInfo.from_serial("SN-TEST-1")
 

@@ -1,4 +1,4 @@
-"""An event-driven association acceptor for pynetdicom: no polling between messages.
+"""The SCP half of the speed-ups: an event-driven association acceptor for pynetdicom, no polling.
 
 pynetdicom 3.0's acceptor runs two polling loops per association: the
 association thread sleeps 1 ms between looks at its DIMSE queue, and the DUL
@@ -17,7 +17,9 @@ for a custom server (``AE.make_server(..., request_handler=...)``):
   building a pydicom data set twice; every other message goes the usual way.
 
 Both loops mirror pynetdicom 3.0's ``Association._run_reactor`` and
-``DULServiceProvider.run_reactor`` with only the sleeps replaced.
+``DULServiceProvider.run_reactor`` with only the sleeps replaced. With the
+speed-ups switched off (:mod:`dicom_node.speedups`) the same request handler
+keeps the connection hardening and builds pynetdicom's own association.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import ssl
 import threading
 from typing import Any
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -43,14 +44,13 @@ from pynetdicom.utils import make_target
 from dicom_node._c_store import encode_c_store_rsp
 from dicom_node._receive import StreamingDimse
 from dicom_node._transport import HardenedServer, start_connection
+from dicom_node.speedups._switch import enabled
 
-__all__ = ["SUPPORTED", "EventDrivenRequestHandler", "encode_c_store_rsp"]
+__all__ = ["EventDrivenRequestHandler", "encode_c_store_rsp"]
 
 LOGGER = logging.getLogger("pynetdicom")  # the reactors log as pynetdicom's would
 logger = logging.getLogger(__name__)
 
-#: The loops below mirror this pynetdicom series; another one gets pynetdicom's own acceptor.
-SUPPORTED = pynetdicom.__version__.startswith("3.0.")
 #: Longest wait between checks of timers (idle, ARTIM) when nothing arrives.
 IDLE_CHECK_SECONDS = 0.05
 
@@ -306,7 +306,7 @@ class EventDrivenRequestHandler(RequestHandler):
         setting pynetdicom gave them stays as it is.
         """
         assoc = super()._create_association()
-        if not SUPPORTED:
+        if not enabled():
             return assoc
         assoc.__class__ = _EventDrivenAssociation
         wake = threading.Event()
