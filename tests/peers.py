@@ -102,11 +102,13 @@ def launch_orthanc(executable: Path, config: dict[str, Any], storage: Path, time
     with open(storage / "orthanc.log", "ab") as log:
         process = subprocess.Popen([str(executable), str(cfg)], stdout=log, stderr=log, env=peer_env())
     url = f"http://127.0.0.1:{config['HttpPort']}"
+    users = (config.get("RegisteredUsers") or {}) if config.get("AuthenticationEnabled") else {}
+    auth = next(iter(users.items()), None)  # with HTTP authentication on, /system needs a user too
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
-                httpx.get(f"{url}/system", timeout=1).raise_for_status()
+                httpx.get(f"{url}/system", timeout=1, auth=auth).raise_for_status()
                 break
             except httpx.HTTPError:
                 if process.poll() is not None or time.monotonic() > deadline:
