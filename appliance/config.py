@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from appliance.errors import ConfigError
 
@@ -78,7 +79,7 @@ class NodeSettings(_Section):
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
     #: data-set limit per SOP Class UID, over the defaults (a whole-slide instance may reach 4 GiB)
     max_dataset_bytes_by_sop_class: dict[str, Annotated[int, Field(ge=1024)]] = Field(
-        default_factory=lambda: {"1.2.840.10008.5.1.4.1.1.77.1.6": 4 << 30}
+        default_factory=lambda: {str(VLWholeSlideMicroscopyImageStorage): 4 << 30}
     )
     max_inflated_bytes: Annotated[int, Field(ge=1024)] = 1 << 30  #: inflated size of a deflated data set
     max_inflate_ratio: Annotated[float, Field(ge=2)] = 100.0  #: inflated / received bytes (past 16 MiB)

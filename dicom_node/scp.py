@@ -51,7 +51,8 @@ from dicom_node._transport import escape_pynetdicom_logs, hardened_server_class,
 from dicom_node.access import AccessPolicy, Rejection
 from dicom_node.errors import DuplicateInstance, NodeError
 from dicom_node.limits import DataSetLimits, NetworkLimits
-from dicom_node.spool import NotDurable, Spool, fsync_dir
+from dicom_node.spool import NotDurable, Spool
+from engines.files import fsync_dir
 from dicom_node.uids import is_valid_uid
 
 __all__ = ["InstanceRecord", "InstanceSink", "StorageSCP", "StoreStatus"]

@@ -82,7 +82,8 @@ from dicom_node._c_store import (
     encode_p_data_tf,
     read_info,
 )
-from dicom_node.errors import DeliveryFailed
+from dicom_node._storage_classes import VERIFICATION
+from dicom_node.errors import DeliveryFailed, SenderStopped
 
 __all__ = [
     "Destination",
@@ -97,7 +98,7 @@ logger = logging.getLogger(__name__)
 
 #: DUL poll interval for our associations (pynetdicom's default is 1 ms)
 _DUL_LOOP_DELAY = 0.0001
-_VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class (PS3.4 A.4)
+_VERIFICATION = VERIFICATION  # Verification SOP Class (PS3.4 A.4)
 #: a file is sent as stored, in fragments read as they go; only one whose transfer syntax the peer did not
 #: accept is decoded to be converted, and only up to this size (results are small; instances are not)
 CONVERT_LIMIT = 64 << 20
@@ -505,7 +506,7 @@ class StorageSCU:
                 results[index] = StoreResult(Path(path), "", error=exc)
         if infos and stop is not None and stop.is_set():
             for index, info in infos.items():
-                failure = DeliveryFailed("sender stopped before this file was sent")
+                failure = SenderStopped("sender stopped before this file was sent")
                 results[index] = StoreResult(info.path, info.sop_instance_uid, error=failure)
         elif infos:
             self._send_batch(destination, infos, results, stop)
@@ -528,8 +529,8 @@ class StorageSCU:
         try:
             for index, info in infos.items():
                 if stop is not None and stop.is_set():
-                    failure = DeliveryFailed("sender stopped before this file was sent")
-                    results[index] = StoreResult(info.path, info.sop_instance_uid, error=failure)
+                    stopped = SenderStopped("sender stopped before this file was sent")
+                    results[index] = StoreResult(info.path, info.sop_instance_uid, error=stopped)
                     continue
                 try:
                     status = session.store(info.path, info)

@@ -24,11 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.uids import is_valid_uid
 from dicom_node.errors import NodeError
+from dicom_node.uids import is_valid_uid
+from engines.files import fsync_dir  # the project's one durable-file home (a standard-library-only leaf module)
 
 __all__ = [
-    "IncomingFile", "InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid", "fsync_dir",
+    "IncomingFile", "InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,6 @@ def check_uid(value: str, what: str) -> str:
             f"{what} {shown!r} is not a valid UID (digit components without leading zeros, dots, at most 64 characters)"
         )
     return value
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import BundleRejected, EngineError
+from engines.files import fsync_dir
 
 __all__ = ["KeyPair", "TrustedKey", "generate_keypair", "load_trusted_keys", "sign", "verify"]
 
@@ -77,11 +78,7 @@ def generate_keypair(directory: Path, name: str) -> KeyPair:
         raise EngineError(f"key file {str(pair.public_key)!r} already exists; choose another name")
     _write_new(pair.private_key, pem, 0o600)
     _write_new(pair.public_key, pub, 0o644)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(directory)
     logger.info("generated Ed25519 key pair %s in %s", name, directory)
     return pair
 

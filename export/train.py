@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.files import durable_file
 from export.errors import TrainingDataMissing
 from export.models.dce4d import DceConfig, DceNet, clinical_vector
 from export.models.mil import GatedAttentionMIL, MilConfig
@@ -321,8 +321,5 @@ def save_checkpoint(models: DemoModels, path: Path) -> None:
         "dce": (asdict(models.sizes.dce), models.dce.state_dict()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with durable_file(path) as out:
+        torch.save(payload, out)

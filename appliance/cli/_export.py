@@ -195,10 +195,11 @@ def register(app: typer.Typer) -> None:
                 paths = sign_bundles(spec, report, out / "bundles", pem, version, vendor, demo, gate)
                 bundles[name] = dict(zip(report.results, paths, strict=True))
                 if triton is not None:
+                    from engines.cards import card_from_dict
                     from export.triton_repo import write_triton_bundle, write_triton_model
 
                     for p, result in report.results.items():
-                        write_triton_model(triton, f"{name}_{p}", result.files, spec.model_card,
+                        write_triton_model(triton, f"{name}_{p}", result.files, card_from_dict(name, spec.model_card),
                                            batch_sizes=spec.batch_sizes)
                         write_triton_bundle(bundles[name][p], out / "bundles" / f"{name}-{version}-{p}-triton",
                                             f"{name}_{p}", pem)

@@ -38,7 +38,13 @@ import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
 from export.synthetic.dce import INJECTION_S, SPACING_MM, DceCase
 
@@ -58,8 +64,8 @@ __all__ = [
 
 Encoding = Literal["single_series", "series_per_phase", "enhanced"]
 ENCODINGS: tuple[Encoding, ...] = ("single_series", "series_per_phase", "enhanced")
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+MR_IMAGE_STORAGE: str = MRImageStorage
+ENHANCED_MR_IMAGE_STORAGE: str = EnhancedMRImageStorage
 
 _IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _ORIGIN = (-96.0, -140.0, -30.0)  # (x, y, z) mm of the first voxel of slice 0 (LPS)
