@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from engines.errors import BundleRejected
+from engines._card_values import count, fail, flag, listof, number, numbers, pattern, text, texts, times
 
 __all__ = [
     "BAG_POOLING_HEADS",
@@ -55,17 +54,8 @@ BREAST_MRI_CLINICAL_VARIABLES: tuple[str, ...] = ("age", "er", "her2", "ki67", "
 _CROPS = ("breast", "center")
 #: how far a study phase may lie from a model phase time when the card does not say (seconds)
 DEFAULT_PHASE_TOLERANCE_S = 30.0
-_MISSING: Any = object()
 
 C = TypeVar("C", bound="ModelCard")
-
-
-def _fail(message: str) -> BundleRejected:
-    return BundleRejected(message)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,16 +78,16 @@ class TensorSpec:
     @classmethod
     def from_card(cls, entry: Any, where: str) -> TensorSpec:
         if not isinstance(entry, dict):
-            raise _fail(f"model_card.{where} entries must be objects, got {entry!r}")
+            raise fail(f"model_card.{where} entries must be objects, got {entry!r}")
         name, shape, dtype = entry.get("name"), entry.get("shape"), entry.get("dtype")
         if not isinstance(name, str) or not name:
-            raise _fail(f"model_card.{where} entry has no 'name': {entry!r}")
+            raise fail(f"model_card.{where} entry has no 'name': {entry!r}")
         if not isinstance(shape, list) or not all(
             (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
         ):
-            raise _fail(f"model_card.{where} {name!r}: shape {shape!r} must be a list of positive ints or dimension names")
+            raise fail(f"model_card.{where} {name!r}: shape {shape!r} must be a list of positive ints or dimension names")
         if dtype not in DTYPES:
-            raise _fail(f"model_card.{where} {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+            raise fail(f"model_card.{where} {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         extra = {k: v for k, v in entry.items() if k not in ("name", "shape", "dtype")}
         return cls(name=name, shape=tuple(shape), dtype=dtype, extra=extra)
 
@@ -108,76 +98,12 @@ class TensorSpec:
 def _tensors(card: Mapping[str, Any], where: str) -> tuple[TensorSpec, ...]:
     entries = card.get(where)
     if not isinstance(entries, list) or not entries:
-        raise _fail(f"model_card.{where} must be a non-empty list of {{name, shape, dtype}}")
+        raise fail(f"model_card.{where} must be a non-empty list of {{name, shape, dtype}}")
     specs = tuple(TensorSpec.from_card(e, where) for e in entries)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise _fail(f"model_card.{where} repeats a name: {names}")
+        raise fail(f"model_card.{where} repeats a name: {names}")
     return specs
-
-
-# ---------------------------------------------------------------- readers of one key, naming it when wrong
-def _number(value: Any, key: str, low: float | None = None, high: float | None = None, above: float | None = None) -> float:
-    ok = _is_number(value) and (low is None or value >= low) and (high is None or value <= high) \
-        and (above is None or value > above)
-    if not ok:
-        bounds = " and ".join(b for b in (f">= {low:g}" if low is not None else "", f"<= {high:g}" if high is not None
-                                          else "", f"> {above:g}" if above is not None else "") if b)
-        raise _fail(f"model_card.{key} {value!r} must be a number{' ' + bounds if bounds else ''}")
-    return float(value)
-
-
-def _count(value: Any, key: str, low: int = 1) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise _fail(f"model_card.{key} {value!r} must be a whole number >= {low}")
-    return value
-
-
-def _text(value: Any, key: str, choices: tuple[str, ...] = ()) -> str:
-    if not isinstance(value, str) or (choices and value not in choices):
-        raise _fail(f"model_card.{key} {value!r} is not one of {', '.join(choices)}" if choices
-                    else f"model_card.{key} {value!r} must be a string")
-    return value
-
-
-def _flag(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(f"model_card.{key} {value!r} must be true or false")
-    return value
-
-
-def _pattern(value: Any, key: str) -> str:
-    try:
-        re.compile(_text(value, key))
-    except re.error as exc:
-        raise _fail(f"model_card.{key} {value!r} is not a regular expression: {exc}") from None
-    return str(value)
-
-
-def _numbers(value: Any, key: str, length: int, positive: bool) -> tuple[float, ...]:
-    if not (isinstance(value, list) and len(value) == length and all(_is_number(v) for v in value)
-            and (not positive or all(v > 0 for v in value))):
-        raise _fail(f"model_card.{key} {value!r} must be a list of {length} {'positive ' if positive else ''}numbers")
-    return tuple(float(v) for v in value)
-
-
-def _texts(value: Any, key: str, each: Callable[[Any, str], str] = _text) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _fail(f"model_card.{key} {value!r} must be a list of strings")
-    return tuple(each(v, f"{key}[{i}]") for i, v in enumerate(value))
-
-
-def _listof(value: Any, key: str, length: int) -> list[Any]:
-    if not (isinstance(value, list) and len(value) == length):
-        raise _fail(f"model_card.{key} {value!r} must be a list of {length} values")
-    return value
-
-
-def _times(value: Any, key: str) -> tuple[float, ...]:
-    if not (isinstance(value, list) and value and all(_is_number(t) and t >= 0 for t in value)
-            and all(b > a for a, b in zip(value, value[1:]))):
-        raise _fail(f"model_card.{key} {value!r} must be a non-empty list of increasing seconds >= 0")
-    return tuple(float(t) for t in value)
 
 
 def _need(card: ModelCard, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
@@ -185,7 +111,7 @@ def _need(card: ModelCard, kind: str, inputs: tuple[str, ...], outputs: tuple[st
     for where, want, have in (("inputs", inputs, card.input_names), ("outputs", outputs, card.output_names)):
         missing = [n for n in want if n not in have]
         if missing:
-            raise _fail(f"a {kind} model_card.{where} must include {', '.join(map(repr, missing))}; "
+            raise fail(f"a {kind} model_card.{where} must include {', '.join(map(repr, missing))}; "
                         f"it lists {', '.join(map(repr, have))}")
 
 
@@ -201,7 +127,7 @@ class ModelCard:
 
     task: ClassVar[str] = ""
     #: card key -> reader of its JSON value (the value as the dataclass field holds it)
-    _readers: ClassVar[dict[str, Callable[[Any, str], Any]]] = {"name": _text}
+    _readers: ClassVar[dict[str, Callable[[Any, str], Any]]] = {"name": text}
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -218,7 +144,7 @@ class ModelCard:
     def from_dict(cls: type[C], data: Any) -> C:
         """Build the card from its JSON object; :class:`BundleRejected` names the first bad key."""
         if not isinstance(data, dict):
-            raise _fail("model_card must be an object")
+            raise fail("model_card must be an object")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values: dict[str, Any] = {"inputs": _tensors(data, "inputs"), "outputs": _tensors(data, "outputs")}
         for key, read in cls._readers.items():
@@ -228,12 +154,12 @@ class ModelCard:
         required = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.name != "extra"
                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if required:
-            raise _fail(cls._missing_message(required))
+            raise fail(cls._missing_message(required))
         extra = {k: v for k, v in data.items() if k not in known}
         for key in extra:
             near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
             if near:
-                raise _fail(f"model_card key {key!r} is not a key of a {cls.task or 'model'} card; "
+                raise fail(f"model_card key {key!r} is not a key of a {cls.task or 'model'} card; "
                             f"did you mean {near[0]!r}?")
         return cls(**values, extra=extra)
 
@@ -268,13 +194,13 @@ class BagPooling:
     @classmethod
     def from_card(cls, value: Any, outputs: set[str] | tuple[str, ...]) -> BagPooling:
         if not (isinstance(value, dict) and set(value) == {"attention_logits", "tile_values", "head"}):
-            raise _fail(f"model_card.bag_pooling {value!r} must be an object with exactly attention_logits, "
+            raise fail(f"model_card.bag_pooling {value!r} must be an object with exactly attention_logits, "
                         "tile_values, head")
         for key in ("attention_logits", "tile_values"):
             if value[key] not in outputs:
-                raise _fail(f"model_card.bag_pooling.{key} {value[key]!r} is not one of the outputs {sorted(outputs)}")
+                raise fail(f"model_card.bag_pooling.{key} {value[key]!r} is not one of the outputs {sorted(outputs)}")
         if value["head"] not in BAG_POOLING_HEADS:
-            raise _fail(f"model_card.bag_pooling.head {value['head']!r} is not one of {', '.join(BAG_POOLING_HEADS)}")
+            raise fail(f"model_card.bag_pooling.head {value['head']!r} is not one of {', '.join(BAG_POOLING_HEADS)}")
         return cls(value["attention_logits"], value["tile_values"], value["head"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,20 +224,20 @@ class PathologyTileCard(ModelCard):
     task: ClassVar[str] = "pathology_tile"
     _readers: ClassVar[dict[str, Callable[[Any, str], Any]]] = {
         **ModelCard._readers,
-        "mean": lambda v, k: _numbers(v, k, 3, positive=False),
-        "std": lambda v, k: _numbers(v, k, 3, positive=True),
-        "tile_size": _count,
-        "mpp": lambda v, k: _number(v, k, above=0.0),
-        "optical_path": _text,
-        "embed_dim": _count,
-        "encoder": _text,
-        "embedding_size": _count,
-        "readout": _text,
+        "mean": lambda v, k: numbers(v, k, 3, positive=False),
+        "std": lambda v, k: numbers(v, k, 3, positive=True),
+        "tile_size": count,
+        "mpp": lambda v, k: number(v, k, above=0.0),
+        "optical_path": text,
+        "embed_dim": count,
+        "encoder": text,
+        "embedding_size": count,
+        "readout": text,
     }
 
     def __post_init__(self) -> None:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise _fail(f"a pathology_tile card needs mean and std of 3 channels (std > 0), got {self.mean}, {self.std}")
+            raise fail(f"a pathology_tile card needs mean and std of 3 channels (std > 0), got {self.mean}, {self.std}")
         _need(self, "pathology_tile", ("image",), ("embedding",))
 
     @classmethod
@@ -330,8 +256,8 @@ class PathologySlideCard(ModelCard):
     task: ClassVar[str] = "pathology_slide"
     _readers: ClassVar[dict[str, Callable[[Any, str], Any]]] = {
         **ModelCard._readers,
-        "threshold": lambda v, k: _number(v, k, 0.0, 1.0),
-        "labels": _texts,
+        "threshold": lambda v, k: number(v, k, 0.0, 1.0),
+        "labels": texts,
     }
 
     @classmethod
@@ -345,14 +271,14 @@ class PathologySlideCard(ModelCard):
         return f"a pathology_slide model card needs {', '.join(map(repr, keys))} (its operating point in [0, 1])"
 
     def __post_init__(self) -> None:
-        _number(self.threshold, "threshold", 0.0, 1.0)
+        number(self.threshold, "threshold", 0.0, 1.0)
         _need(self, "pathology_slide", ("embeddings",), ("probability",) if self.bag_pooling else
               ("probability", "tile_scores"))
 
 
 def _clinical(value: Any, key: str) -> str:
     name = value.get("name") if isinstance(value, dict) else value
-    return _text(name, key, BREAST_MRI_CLINICAL_VARIABLES)
+    return text(name, key, BREAST_MRI_CLINICAL_VARIABLES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,19 +307,19 @@ class BreastMriCard(ModelCard):
     task: ClassVar[str] = "breast_mri"
     _readers: ClassVar[dict[str, Callable[[Any, str], Any]]] = {
         **ModelCard._readers,
-        "threshold": lambda v, k: _number(v, k, 0.0, 1.0),
-        "phase_count": lambda v, k: _count(v, k, 2),
-        "grid": lambda v, k: tuple(_count(x, f"{k}[{i}]") for i, x in enumerate(_listof(v, k, 3))),
-        "spacing_mm": lambda v, k: _numbers(v, k, 3, positive=True),
-        "crop": lambda v, k: _text(v, k, _CROPS),
-        "post_contrast_times_s": _times,
-        "phase_tolerance_s": lambda v, k: _number(v, k, 0.0),
-        "max_interpolation_gap_s": lambda v, k: _number(v, k, 0.0),
-        "phase_rules": lambda v, k: _texts(v, k, _pattern),
-        "philips_scale_slope": _flag,
-        "derived_series": _pattern,
-        "clinical_variables": lambda v, k: _texts(v, k, _clinical),
-        "kinetics": _flag,
+        "threshold": lambda v, k: number(v, k, 0.0, 1.0),
+        "phase_count": lambda v, k: count(v, k, 2),
+        "grid": lambda v, k: tuple(count(x, f"{k}[{i}]") for i, x in enumerate(listof(v, k, 3))),
+        "spacing_mm": lambda v, k: numbers(v, k, 3, positive=True),
+        "crop": lambda v, k: text(v, k, _CROPS),
+        "post_contrast_times_s": times,
+        "phase_tolerance_s": lambda v, k: number(v, k, 0.0),
+        "max_interpolation_gap_s": lambda v, k: number(v, k, 0.0),
+        "phase_rules": lambda v, k: texts(v, k, pattern),
+        "philips_scale_slope": flag,
+        "derived_series": pattern,
+        "clinical_variables": lambda v, k: texts(v, k, _clinical),
+        "kinetics": flag,
     }
 
     @classmethod
@@ -404,14 +330,14 @@ class BreastMriCard(ModelCard):
     def __post_init__(self) -> None:
         times = self.post_contrast_times_s
         if times is not None and self.phase_count != 1 + len(times):
-            raise _fail(f"model_card.phase_count {self.phase_count} must be 1 + the {len(times)} post_contrast_times_s "
+            raise fail(f"model_card.phase_count {self.phase_count} must be 1 + the {len(times)} post_contrast_times_s "
                         "(a pre-contrast phase, then those)")
         _need(self, "breast_mri", ("dce", "clinical"), ("probability",))
         dce = self.input("dce")
         if dce is not None and len(dce.shape) == 5:
             fixed = [(w, h) for w, h in zip((self.phase_count, *self.grid), dce.shape[1:]) if isinstance(h, int)]
             if any(w != h for w, h in fixed):
-                raise _fail(f"model_card.inputs 'dce' shape {list(dce.shape)} does not match phase_count "
+                raise fail(f"model_card.inputs 'dce' shape {list(dce.shape)} does not match phase_count "
                             f"{self.phase_count} and grid {list(self.grid)}")
 
 

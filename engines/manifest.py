@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.cards import DTYPES, ModelCard, TensorSpec, card_from_dict
+from engines.cards import ModelCard, TensorSpec, card_from_dict
 from engines.errors import BundleRejected
 
 __all__ = [

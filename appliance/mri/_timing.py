@@ -28,11 +28,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from appliance.errors import JobFailed, StudyIncomplete
+from appliance.errors import StudyIncomplete
 from engines.cards import DEFAULT_PHASE_TOLERANCE_S, BreastMriCard
 
 if TYPE_CHECKING:

@@ -9,34 +9,19 @@ undo it itself.
 from __future__ import annotations
 
 import numpy as np
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom import uid
 
 from appliance.errors import JobFailed
 
 __all__ = ["SUPPORTED_TRANSFER_SYNTAXES", "decode_frame", "NATIVE"]
 
-IMPLICIT_LE = ImplicitVRLittleEndian
-EXPLICIT_LE = ExplicitVRLittleEndian
+IMPLICIT_LE = uid.ImplicitVRLittleEndian
+EXPLICIT_LE = uid.ExplicitVRLittleEndian
 NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE})
-_JPEG = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1})
-_JPEG_LS = frozenset({JPEGLSLossless, JPEGLSNearLossless})
-_J2K = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
-_RLE = RLELossless
+_JPEG = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1})
+_JPEG_LS = frozenset({uid.JPEGLSLossless, uid.JPEGLSNearLossless})
+_J2K = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+_RLE = uid.RLELossless
 SUPPORTED_TRANSFER_SYNTAXES = NATIVE | _JPEG | _JPEG_LS | _J2K | {_RLE}
 
 

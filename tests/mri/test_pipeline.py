@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.errors import JobFailed, StudyIncomplete
+from appliance.errors import StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.mri import ModelGeometry, assemble, preprocess, run_breast_mri, set_clinical
 from appliance.mri._preprocess import crop_or_pad, normalize, resample
