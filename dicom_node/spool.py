@@ -74,6 +74,16 @@ def check_uid(value: str, what: str) -> str:
     return value
 
 
+def _existing(final: Path, sync_dir: bool) -> SpooledFile:
+    """An instance file already stored (a re-send): made durable, returned with ``created=False``."""
+    if sync_dir:
+        try:
+            fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+        except OSError as exc:
+            raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
+    return SpooledFile(final, final.stat().st_size, created=False)
+
+
 class Spool:
     """Durable files under ``root``; refuses writes when free space would drop below ``min_free_bytes``."""
 
@@ -137,12 +147,7 @@ class Spool:
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
         size = sum(len(chunk) for chunk in chunks)
         if final.exists():
-            if sync_dir:
-                try:
-                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
-                except OSError as exc:
-                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
-            return SpooledFile(final, final.stat().st_size, created=False)
+            return _existing(final, sync_dir)
         self.check_room(size)
         temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
         renamed = False
@@ -192,12 +197,7 @@ class Spool:
         size = incoming.close()
         if final.exists():
             incoming.discard()
-            if sync_dir:
-                try:
-                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
-                except OSError as exc:
-                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
-            return SpooledFile(final, final.stat().st_size, created=False)
+            return _existing(final, sync_dir)
         renamed = False
         try:
             self._make_dirs(final.parent)
