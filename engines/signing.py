@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import BundleRejected, EngineError
-from engines.files import fsync_dir
+from engines.files import fsync_dir, temporary_name
 
 __all__ = ["KeyPair", "TrustedKey", "generate_keypair", "load_trusted_keys", "sign", "verify"]
 
@@ -46,7 +46,7 @@ class TrustedKey:
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` (never overwrite) via a temporary name, fsync'd, then linked into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)

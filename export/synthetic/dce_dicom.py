@@ -46,6 +46,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engines.files import durable_file
 from export.synthetic.dce import INJECTION_S, SPACING_MM, DceCase
 
 __all__ = [
@@ -455,10 +456,8 @@ def write_case(
     paths: list[Path] = []
     for ds in encode_case(case, encoding, identity):
         path = directory / f"{ds.SOPInstanceUID}.dcm"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
+        with durable_file(path) as handle:  # temporary name, fsync, rename, directory fsync
             handle.write(to_bytes(ds))
-        tmp.replace(path)
         paths.append(path)
     return paths
 
