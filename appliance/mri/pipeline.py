@@ -85,13 +85,9 @@ def _read(items: Sequence[Path | Dataset | tuple[Path | None, Dataset]]) -> list
     return pairs
 
 
-def prepare_inputs(
-    items: Sequence[Path | Dataset | tuple[Path | None, Dataset]],
-    card: BreastMriCard,
-    store: StateStore | None = None,
-    phase_rules: Sequence[str] | None = None,
-    philips_scale: bool = False,
-) -> BreastMriInput:
+def prepare_inputs(items: Sequence[Path | Dataset | tuple[Path | None, Dataset]], card: BreastMriCard,
+                   store: StateStore | None = None, phase_rules: Sequence[str] | None = None,
+                   philips_scale: bool = False) -> BreastMriInput:
     """Assemble the study, map its phases onto the model's, preprocess, and build the clinical vector.
 
     A card with ``post_contrast_times_s`` has the study's phases mapped by time
