@@ -25,7 +25,8 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def number(value: Any, key: str, low: float | None = None, high: float | None = None, above: float | None = None) -> float:
+def number(value: Any, key: str, low: float | None = None, high: float | None = None,
+           above: float | None = None) -> float:
     ok = is_number(value) and (low is None or value >= low) and (high is None or value <= high) \
         and (above is None or value > above)
     if not ok:
@@ -44,7 +45,7 @@ def count(value: Any, key: str, low: int = 1) -> int:
 def text(value: Any, key: str, choices: tuple[str, ...] = ()) -> str:
     if not isinstance(value, str) or (choices and value not in choices):
         raise fail(f"model_card.{key} {value!r} is not one of {', '.join(choices)}" if choices
-                    else f"model_card.{key} {value!r} must be a string")
+                   else f"model_card.{key} {value!r} must be a string")
     return value
 
 
@@ -59,7 +60,7 @@ def pattern(value: Any, key: str) -> str:
         re.compile(text(value, key))
     except re.error as exc:
         raise fail(f"model_card.{key} {value!r} is not a regular expression: {exc}") from None
-    return str(value)
+                   return str(value)
 
 
 def numbers(value: Any, key: str, length: int, positive: bool) -> tuple[float, ...]:

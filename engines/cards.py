@@ -85,7 +85,8 @@ class TensorSpec:
         if not isinstance(shape, list) or not all(
             (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
         ):
-            raise fail(f"model_card.{where} {name!r}: shape {shape!r} must be a list of positive ints or dimension names")
+            raise fail(f"model_card.{where} {name!r}: shape {shape!r} must be a list of positive ints or "
+                       "dimension names")
         if dtype not in DTYPES:
             raise fail(f"model_card.{where} {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         extra = {k: v for k, v in entry.items() if k not in ("name", "shape", "dtype")}
@@ -112,7 +113,7 @@ def _need(card: ModelCard, kind: str, inputs: tuple[str, ...], outputs: tuple[st
         missing = [n for n in want if n not in have]
         if missing:
             raise fail(f"a {kind} model_card.{where} must include {', '.join(map(repr, missing))}; "
-                        f"it lists {', '.join(map(repr, have))}")
+                       f"it lists {', '.join(map(repr, have))}")
 
 
 # ---------------------------------------------------------------------------------------------- the cards
@@ -160,7 +161,7 @@ class ModelCard:
             near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
             if near:
                 raise fail(f"model_card key {key!r} is not a key of a {cls.task or 'model'} card; "
-                            f"did you mean {near[0]!r}?")
+                           f"did you mean {near[0]!r}?")
         return cls(**values, extra=extra)
 
     @classmethod
@@ -195,7 +196,7 @@ class BagPooling:
     def from_card(cls, value: Any, outputs: set[str] | tuple[str, ...]) -> BagPooling:
         if not (isinstance(value, dict) and set(value) == {"attention_logits", "tile_values", "head"}):
             raise fail(f"model_card.bag_pooling {value!r} must be an object with exactly attention_logits, "
-                        "tile_values, head")
+                       "tile_values, head")
         for key in ("attention_logits", "tile_values"):
             if value[key] not in outputs:
                 raise fail(f"model_card.bag_pooling.{key} {value[key]!r} is not one of the outputs {sorted(outputs)}")
@@ -331,14 +332,14 @@ class BreastMriCard(ModelCard):
         times = self.post_contrast_times_s
         if times is not None and self.phase_count != 1 + len(times):
             raise fail(f"model_card.phase_count {self.phase_count} must be 1 + the {len(times)} post_contrast_times_s "
-                        "(a pre-contrast phase, then those)")
+                       "(a pre-contrast phase, then those)")
         _need(self, "breast_mri", ("dce", "clinical"), ("probability",))
         dce = self.input("dce")
         if dce is not None and len(dce.shape) == 5:
             fixed = [(w, h) for w, h in zip((self.phase_count, *self.grid), dce.shape[1:]) if isinstance(h, int)]
             if any(w != h for w, h in fixed):
                 raise fail(f"model_card.inputs 'dce' shape {list(dce.shape)} does not match phase_count "
-                            f"{self.phase_count} and grid {list(self.grid)}")
+                           f"{self.phase_count} and grid {list(self.grid)}")
 
 
 #: task -> its card class; any other task gets :class:`ModelCard`

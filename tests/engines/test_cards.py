@@ -46,7 +46,8 @@ def _export_cards() -> dict[str, tuple[str, dict[str, Any]]]:
     cards = {f"demo {task}": (task, card) for task, card in demo.items()}
     for name in sorted(PRESETS):
         cards[f"{name} tile"] = ("pathology_tile", vit_card(PRESETS[name], demo=False, source="a site checkpoint"))
-        cards[f"{name} slide"] = ("pathology_slide", _slide_card(MilConfig(embed_dim=PRESETS[name].output_dim), name, True))
+        mil = MilConfig(embed_dim=PRESETS[name].output_dim)
+        cards[f"{name} slide"] = ("pathology_slide", _slide_card(mil, name, True))
     return cards
 
 
@@ -94,7 +95,8 @@ def test_old_cards_stay_valid(task: str, card: dict[str, Any]) -> None:
                                                  r"'threshold'"),
     ("breast_mri", {**OLD_MRI, "clinical_variables": ["age", "bmi"]},
      r"model_card.clinical_variables\[1\] 'bmi' is not one of age, er, her2, ki67, grade"),
-    ("breast_mri", {**OLD_MRI, "phase_rules": ["pre(", "post"]}, r"model_card.phase_rules\[0\] 'pre\(' is not a regular"),
+    ("breast_mri", {**OLD_MRI, "phase_rules": ["pre(", "post"]},
+     r"model_card.phase_rules\[0\] 'pre\(' is not a regular"),
     ("breast_mri", {**OLD_MRI, "grid": [16, 64]}, r"model_card.grid \[16, 64\] must be a list of 3 values"),
     ("breast_mri", {**OLD_MRI, "phase_count": 4}, r"'dce' shape \['N', 5, 16, 64, 64\] does not match phase_count 4"),
     ("breast_mri", {**OLD_MRI, "kinetics": "yes"}, r"model_card.kinetics 'yes' must be true or false"),
