@@ -60,7 +60,7 @@ def pattern(value: Any, key: str) -> str:
         re.compile(text(value, key))
     except re.error as exc:
         raise fail(f"model_card.{key} {value!r} is not a regular expression: {exc}") from None
-                   return str(value)
+    return str(value)
 
 
 def numbers(value: Any, key: str, length: int, positive: bool) -> tuple[float, ...]:
