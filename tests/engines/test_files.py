@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from engines import files
 from engines.files import atomic_write, durable_file, durable_path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _names(directory: Path) -> list[str]:
@@ -58,3 +62,18 @@ def test_atomic_write_and_durable_path(tmp_path: Path) -> None:
         assert tmp.parent == tmp_path and tmp.name.startswith(".b.dcm.tmp-")
         tmp.write_bytes(b"DICM")
     assert _names(tmp_path) == ["a.json", "b.dcm"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_shared_leaf_modules_need_only_the_standard_library() -> None:
+    """engines.files and engines.errors are what dicom_node and export share with engines: no other arrow."""
+    for module in ("files.py", "errors.py"):
+        outside = {n for n in _imports(ROOT / "engines" / module) if n.split(".")[0] not in sys.stdlib_module_names}
+        assert not outside, (module, outside)
+    from_engines = {n for path in (ROOT / "dicom_node").rglob("*.py") for n in _imports(path) if n.startswith("engines")}
+    assert from_engines <= {"engines.files", "engines.errors"}, from_engines
