@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic import ValidationInfo
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from appliance.errors import ConfigError
 
@@ -80,7 +81,7 @@ class NodeSettings(_Section):
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
     #: data-set limit per SOP Class UID, over the defaults (a whole-slide instance may reach 4 GiB)
     max_dataset_bytes_by_sop_class: dict[str, Annotated[int, Field(ge=1024)]] = Field(
-        default_factory=lambda: {"1.2.840.10008.5.1.4.1.1.77.1.6": 4 << 30}
+        default_factory=lambda: {str(VLWholeSlideMicroscopyImageStorage): 4 << 30}
     )
     max_inflated_bytes: Annotated[int, Field(ge=1024)] = 1 << 30  #: inflated size of a deflated data set
     max_inflate_ratio: Annotated[float, Field(ge=2)] = 100.0  #: inflated / received bytes (past 16 MiB)

@@ -1,10 +1,16 @@
-"""The appliance's exceptions: one base, small subclasses, messages naming the bad value."""
+"""The appliance's exceptions: one base, small subclasses, messages naming the bad value.
+
+:class:`ApplianceError` is the root of the whole project's hierarchy; it is
+defined in the leaf module :mod:`engines.errors` (so ``dicom_node``, ``engines``
+and ``export`` can derive their bases from it without importing ``appliance``)
+and re-exported here. See that module's docstring for the tree.
+"""
 
 from __future__ import annotations
 
+from engines.errors import ApplianceError
 
-class ApplianceError(Exception):
-    """Base of every error the appliance reports to an operator."""
+__all__ = ["ApplianceError", "ConfigError", "JobFailed", "ReportError", "StateError", "StudyIncomplete"]
 
 
 class ConfigError(ApplianceError):

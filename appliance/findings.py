@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from appliance.errors import JobFailed
+from engines.cards import ModelCard
+
 Pipeline = Literal["pathology", "breast_mri"]
 KineticCurve = Literal["persistent", "plateau", "washout"]
+C = TypeVar("C", bound=ModelCard)
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,23 @@ class EngineIdentity:
     precision: str  #: fp32 | fp16 | int8
     manifest_sha256: str  #: identifies this exact bundle; the Device UID derives from it
     demo: bool = False  #: True for the project's demo models: "not for clinical use"
+
+    @classmethod
+    def of(cls, manifest: Any) -> EngineIdentity:
+        """The identity of the engine whose (``engines.manifest.Manifest``-like) manifest this is."""
+        m = manifest
+        return cls(task=str(m.task), version=str(m.version), name=m.card.name or str(m.task),
+                   manufacturer=str(m.vendor), precision=str(m.precision), manifest_sha256=str(m.sha256),
+                   demo=bool(m.demo))
+
+
+def task_card(manifest: Any, kind: type[C]) -> C:
+    """The engine's typed model card, which must be a ``kind`` (the registry activates engines by task)."""
+    card = manifest.card
+    if not isinstance(card, kind):
+        raise JobFailed(f"engine {manifest.task}/{manifest.version} has a {type(card).__name__}; "
+                        f"this pipeline needs a {kind.__name__} ({kind.task} engine)")
+    return card
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from appliance.demo._pacs import LocalPacs, free_port, start_pacs
 from appliance.demo._scanner import DemoStudy, send_study, write_dce_study
 from appliance.demo.run import DEMO_NOTICE, demo_config, ensure_engines, wait_for_results
 from appliance.service import Service
+from engines.cards import PathologyTileCard
 
 __all__ = ["run_preemption"]
 
@@ -154,8 +155,11 @@ def run_preemption(data_dir: Path, tiles: int, stable: float, slide_at: float) -
     if manifest is None:
         print("no active pathology_tile engine", file=sys.stderr)
         return 1
-    card = manifest.model_card
-    tile_px = float(card["tile_size"]) * float(card["mpp"]) / SLIDE_MPP
+    card = manifest.card
+    if not (isinstance(card, PathologyTileCard) and card.tile_size and card.mpp):
+        print("the active pathology_tile card states no tile_size and mpp", file=sys.stderr)
+        return 1
+    tile_px = card.tile_size * card.mpp / SLIDE_MPP
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         root = Path(tmp)
         slide = _write_slide(root / "slide", tiles, tile_px)

@@ -125,7 +125,7 @@ def main() -> int:
     count = args.studies or (24 if args.quick else 160)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="mri-auc-"))
     engine = _engine(data_dir, args.precision, args.quick)
-    card = engine.manifest.model_card  # type: ignore[attr-defined]
+    card = engine.manifest.card  # type: ignore[attr-defined]
     store = StateStore(Path(tempfile.mkdtemp(prefix="mri-auc-state-")) / "state.db")
 
     probs, labels, curves, rule, agree = [], [], [], [], 0

@@ -58,16 +58,15 @@ def prepare(root: Path, side: int) -> None:
 def slide_batches(root: Path, batch: int) -> list[np.ndarray]:
     """The slide's tile batches as the pathology pipeline makes them (read, tissue grid, tile, normalize)."""
     from appliance.pathology.pipeline import PathologySettings, run_slide_file
-    from tests.pathology.tiny_engines import MEAN, STD
+    from tests.pathology.tiny_engines import MEAN, STD, TinyManifest
 
     batches: list[np.ndarray] = []
 
     class Keep:
-        manifest = type("M", (), {"model_card": {"tile_size": TILE, "mpp": 0.5, "mean": MEAN, "std": STD,
-                                                 "threshold": 0.5},
-                                  "task": "bench", "version": "0", "vendor": "bench", "precision": "fp32",
-                                  "sha256": "0" * 64, "demo": True})()
         batch_sizes = range(1, 257)
+
+        def __init__(self, manifest: TinyManifest) -> None:
+            self.manifest = manifest
 
         def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             if "image" in inputs:
@@ -77,7 +76,9 @@ def slide_batches(root: Path, batch: int) -> list[np.ndarray]:
             return {"probability": np.zeros(1, np.float32), "attention": np.full(n, 1 / n, np.float32),
                     "tile_scores": np.zeros(n, np.float32)}
 
-    run_slide_file(root / "slide.tiff", Keep(), Keep(), job_id="bench", settings=PathologySettings(batch_size=batch))
+    tile = Keep(TinyManifest("pathology_tile", {"tile_size": TILE, "mpp": 0.5, "mean": MEAN, "std": STD}))
+    slide = Keep(TinyManifest("pathology_slide", {"threshold": 0.5}))
+    run_slide_file(root / "slide.tiff", tile, slide, job_id="bench", settings=PathologySettings(batch_size=batch))
     return batches
 
 

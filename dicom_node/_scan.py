@@ -34,6 +34,12 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from dicom_node.errors import NodeError
 
@@ -48,10 +54,10 @@ __all__ = [
     "scan_dataset",
 ]
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+IMPLICIT_VR_LITTLE_ENDIAN = str(ImplicitVRLittleEndian)
+EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = str(DeflatedExplicitVRLittleEndian)
+EXPLICIT_VR_BIG_ENDIAN = str(ExplicitVRBigEndian)
 
 #: top-level values at most this long go into the header blob
 HEADER_VALUE_LIMIT = 1024

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from pydicom.uid import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedSRStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -11,30 +18,38 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
     RLELossless,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    VLWholeSlideMicroscopyImageStorage,
 )
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 #: Verification SOP Class (PS3.4 Annex A)
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = Verification
 
 #: Storage SOP classes (PS3.4 Table B.5-1): the two workloads, what routing ignores, and our results.
 STORAGE_SOP_CLASSES: tuple[str, ...] = (
-    "1.2.840.10008.5.1.4.1.1.77.1.6",  # VL Whole Slide Microscopy Image Storage
-    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    VLWholeSlideMicroscopyImageStorage,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    BasicTextSRStorage,
+    EnhancedSRStorage,
+    ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+    SegmentationStorage,
 )
 
 #: Accepted transfer syntaxes. pynetdicom accepts, for each proposed context, the first syntax of this

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dicom_node.errors import DeliveryFailed, DeliveryRefused
+from dicom_node.errors import DeliveryFailed, DeliveryRefused, SenderStopped
 from dicom_node.scu import Destination, StorageSCU, StoreResult, UnsendableFile
 
 __all__ = [
@@ -253,7 +253,7 @@ class DeliverySender:
     def _failed(self, delivery: PendingDelivery, error: DeliveryFailed, now: float) -> Outcome:
         reason = str(error)
         attempts = delivery.attempts + 1
-        if self._stop.is_set() and "sender stopped" in reason:
+        if self._stop.is_set() and isinstance(error, SenderStopped):
             self._queue.mark_retry(delivery.id, reason, now)
             return Outcome(delivery, "retry", reason, now)
         final = isinstance(error, (UnsendableFile, DeliveryRefused))

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
+
 __all__ = ["DEFAULT_SOP_CLASS_LIMITS", "DataSetLimits", "NetworkLimits", "VL_WHOLE_SLIDE_MICROSCOPY"]
 
-VL_WHOLE_SLIDE_MICROSCOPY = "1.2.840.10008.5.1.4.1.1.77.1.6"
+VL_WHOLE_SLIDE_MICROSCOPY: str = VLWholeSlideMicroscopyImageStorage
 #: per-SOP-class data-set limits by default: a whole-slide instance may reach 4 GB
 DEFAULT_SOP_CLASS_LIMITS: Mapping[str, int] = {VL_WHOLE_SLIDE_MICROSCOPY: 4 << 30}
 

@@ -44,7 +44,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, Status, code_to_category
 
 from dicom_node._c_store import UNCOMPRESSED, FileInfo, UnsendableFile, contexts_for, read_info
-from dicom_node.errors import DeliveryFailed
+from dicom_node._storage_classes import VERIFICATION
+from dicom_node.errors import DeliveryFailed, SenderStopped
 from dicom_node.speedups import PDataWriter
 
 __all__ = ["Destination", "StorageSCU", "StoreResult", "StoreSession", "UnsendableFile", "describe_status"]
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 # A file goes out as stored, read in fragments (pynetdicom's documented hook; ``send_c_store`` given a path).
 _config.STORE_SEND_CHUNKED_DATASET = True
-_VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class (PS3.4 A.4)
+_VERIFICATION = VERIFICATION  # Verification SOP Class (PS3.4 A.4)
 #: a file is sent as stored, in fragments read as they go; only one whose transfer syntax the peer did not
 #: accept is decoded to be converted, and only up to this size (results are small; instances are not)
 CONVERT_LIMIT = 64 << 20
@@ -359,7 +360,7 @@ class StorageSCU:
                 results[index] = StoreResult(Path(path), "", error=exc)
         if infos and stop is not None and stop.is_set():
             for index, info in infos.items():
-                failure = DeliveryFailed("sender stopped before this file was sent")
+                failure = SenderStopped("sender stopped before this file was sent")
                 results[index] = StoreResult(info.path, info.sop_instance_uid, error=failure)
         elif infos:
             self._send_batch(destination, infos, results, stop)
@@ -382,8 +383,8 @@ class StorageSCU:
         try:
             for index, info in infos.items():
                 if stop is not None and stop.is_set():
-                    failure = DeliveryFailed("sender stopped before this file was sent")
-                    results[index] = StoreResult(info.path, info.sop_instance_uid, error=failure)
+                    stopped = SenderStopped("sender stopped before this file was sent")
+                    results[index] = StoreResult(info.path, info.sop_instance_uid, error=stopped)
                     continue
                 try:
                     status = session.store(info.path, info)

@@ -24,11 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.uids import is_valid_uid
 from dicom_node.errors import NodeError
+from dicom_node.uids import is_valid_uid
+from engines.files import fsync_dir  # the project's one durable-file home (a standard-library-only leaf module)
 
 __all__ = [
-    "IncomingFile", "InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid", "fsync_dir",
+    "IncomingFile", "InvalidUid", "NotDurable", "Spool", "SpoolFull", "SpooledFile", "check_uid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,13 +74,14 @@ def check_uid(value: str, what: str) -> str:
     return value
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _existing(final: Path, sync_dir: bool) -> SpooledFile:
+    """An instance file already stored (a re-send): made durable, returned with ``created=False``."""
+    if sync_dir:
+        try:
+            fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
+        except OSError as exc:
+            raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
+    return SpooledFile(final, final.stat().st_size, created=False)
 
 
 class Spool:
@@ -145,12 +147,7 @@ class Spool:
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
         size = sum(len(chunk) for chunk in chunks)
         if final.exists():
-            if sync_dir:
-                try:
-                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
-                except OSError as exc:
-                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
-            return SpooledFile(final, final.stat().st_size, created=False)
+            return _existing(final, sync_dir)
         self.check_room(size)
         temp = final.with_name(f"{final.name}.{os.getpid()}-{next(_counter)}{TEMP_SUFFIX}")
         renamed = False
@@ -200,12 +197,7 @@ class Spool:
         size = incoming.close()
         if final.exists():
             incoming.discard()
-            if sync_dir:
-                try:
-                    fsync_dir(final.parent)  # it may have been renamed by a concurrent store a moment ago
-                except OSError as exc:
-                    raise NotDurable(f"cannot sync {str(final.parent)!r}: {exc.strerror}") from None
-            return SpooledFile(final, final.stat().st_size, created=False)
+            return _existing(final, sync_dir)
         renamed = False
         try:
             self._make_dirs(final.parent)

@@ -40,7 +40,8 @@ from dicom_node._scan import (
 from dicom_node._transport import printable
 from dicom_node.errors import DuplicateInstance, NodeError
 from dicom_node.limits import DataSetLimits
-from dicom_node.spool import NotDurable, Spool, fsync_dir
+from dicom_node.spool import NotDurable, Spool
+from engines.files import fsync_dir
 from dicom_node.uids import is_valid_uid
 
 __all__ = [

@@ -51,7 +51,7 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 
 from dicom_node._c_store import UnsendableFile, read_info
 from dicom_node.delivery import PendingDelivery
-from dicom_node.errors import DeliveryFailed, DeliveryRefused
+from dicom_node.errors import DeliveryFailed, DeliveryRefused, SenderStopped
 from dicom_node.scu import StoreResult, describe_status
 from dicom_node.uids import is_valid_uid
 
@@ -237,7 +237,7 @@ class StowClient:
         broken: DeliveryFailed | None = None
         for delivery in batch:
             if stop is not None and stop.is_set():
-                broken = broken or DeliveryFailed("sender stopped before this file was sent")
+                broken = broken or SenderStopped("sender stopped before this file was sent")
             if broken is not None:
                 results.append(StoreResult(delivery.path, delivery.sop_instance_uid, error=broken))
                 continue

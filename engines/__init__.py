@@ -1,1 +1,1 @@
-__all__: list[str] = ["backends", "bundle", "compat", "errors", "manifest", "registry", "signing"]
+__all__: list[str] = ["backends", "bundle", "cards", "compat", "errors", "files", "manifest", "registry", "signing"]

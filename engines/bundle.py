@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engines._sources import MAX_BUNDLE_BYTES, MAX_MEMBERS, BundleSource, open_source
-from engines.files import CHUNK, atomic_write, copy_stream, fsync_dir, sha256_file
+from engines.files import CHUNK, atomic_write, copy_stream, durable_file, fsync_dir, sha256_file
 from engines.errors import BundleRejected, EngineError
 from engines.manifest import (
     FILE_RE,
@@ -178,8 +177,7 @@ def manifest_pretty(data: dict[str, Any]) -> str:
 def pack_bundle(bundle_dir: Path, tar_path: Path) -> Path:
     """Write ``bundle_dir`` as an uncompressed tar of regular files (flat), atomically."""
     tar_path = Path(tar_path)
-    tmp = tar_path.with_name(f".{tar_path.name}.tmp-{os.getpid()}")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with durable_file(tar_path) as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(Path(bundle_dir).iterdir()):
             info = tar.gettarinfo(str(path), arcname=path.name)
             if not info.isfile():
@@ -188,10 +186,6 @@ def pack_bundle(bundle_dir: Path, tar_path: Path) -> Path:
             info.uname = info.gname = ""
             with open(path, "rb") as src:
                 tar.addfile(info, src)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, tar_path)
-    fsync_dir(tar_path.parent)
     return tar_path
 
 

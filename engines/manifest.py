@@ -18,17 +18,10 @@ Fields (all required unless a default is given)::
                   {"name": "tensorrt", "trt_version": "10.3.0", "compute_capability": "8.9", ...}
                   {"name": "triton", "model_name": "...", "url": "http://..."}
     model_file    the primary model file (a key of ``files``)
-    model_card    {"inputs": [{"name", "shape", "dtype", ...}], "outputs": [...], ...free keys}
-                  shape entries are positive ints (fixed) or strings (dynamic, e.g. "N")
-                  optional phase timing (time-series models, e.g. breast DCE-MRI):
-                  "post_contrast_times_s": [30, 120, ...] increasing seconds after injection
-                  (the phases after a pre-contrast one), "phase_tolerance_s": 30,
-                  "phase_count" (if given) = 1 + number of post-contrast times
-                  optional "bag_pooling": {"attention_logits": OUTPUT, "tile_values": OUTPUT,
-                  "head": "sigmoid" | "identity"}: an attention-pooled aggregator whose bag is
-                  scored in chunks (score = head(sum softmax(logits) * values) over the whole bag)
-                  pathology_tile cards also state tile_size, mpp, mean, std (input normalization)
-                  and embed_dim; ViT encoders add encoder (preset), embedding_size, readout
+    model_card    {"inputs": [{"name", "shape", "dtype", ...}], "outputs": [...], ...}
+                  shape entries are positive ints (fixed) or strings (dynamic, e.g. "N");
+                  typed per task and checked key by key by :mod:`engines.cards`
+                  (pathology_tile, pathology_slide, breast_mri; other tasks: inputs and outputs)
     batch_sizes   [min, max] accepted on the first (dynamic) input dimension (default [1, 64])
     golden        {"file": "golden.npz", "atol": 1e-4, "rtol": 1e-3}
                   npz arrays "input.NAME" and "output.NAME"
@@ -45,11 +38,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines.cards import ModelCard, TensorSpec, card_from_dict
 from engines.errors import BundleRejected
 
 __all__ = [
     "BACKENDS",
-    "BAG_POOLING_HEADS",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "PRECISIONS",
@@ -65,10 +58,7 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt", "triton")
-DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 MAX_MANIFEST_BYTES = 1 << 20
-#: heads of a chunk-scored aggregator (model_card.bag_pooling.head)
-BAG_POOLING_HEADS = ("sigmoid", "identity")
 
 TASK_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -116,66 +106,9 @@ def parse_manifest_bytes(raw: bytes) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of the model card: name, shape (int fixed, str dynamic), dtype."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-    @classmethod
-    def from_card(cls, entry: Any, where: str) -> TensorSpec:
-        if not isinstance(entry, dict):
-            raise BundleRejected(f"model_card.{where} entries must be objects, got {entry!r}")
-        name, shape, dtype = entry.get("name"), entry.get("shape"), entry.get("dtype")
-        if not isinstance(name, str) or not name:
-            raise BundleRejected(f"model_card.{where} entry has no 'name': {entry!r}")
-        if not isinstance(shape, list) or not all(
-            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
-        ):
-            raise BundleRejected(
-                f"model_card.{where} {name!r}: shape {shape!r} must be a list of positive ints or dimension names"
-            )
-        if dtype not in DTYPES:
-            raise BundleRejected(f"model_card.{where} {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        return cls(name=name, shape=tuple(shape), dtype=dtype)
-
-
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise BundleRejected(message)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_phase_times(card: dict[str, Any]) -> None:
-    """The optional phase timing of a time-series model card (see the module docstring)."""
-    if "post_contrast_times_s" not in card:
-        return
-    times = card["post_contrast_times_s"]
-    _require(isinstance(times, list) and bool(times) and all(_is_number(t) and t >= 0 for t in times)
-             and all(b > a for a, b in zip(times, times[1:])),
-             f"model_card.post_contrast_times_s {times!r} must be a non-empty list of increasing seconds >= 0")
-    tolerance = card.get("phase_tolerance_s", 0)
-    _require(_is_number(tolerance) and tolerance >= 0, f"model_card.phase_tolerance_s {tolerance!r} must be a number >= 0")
-    if "phase_count" in card:
-        _require(card["phase_count"] == 1 + len(times), f"model_card.phase_count {card['phase_count']!r} must be 1 + "
-                 f"the {len(times)} post_contrast_times_s (a pre-contrast phase, then those)")
-
-
-def _check_bag_pooling(pooling: Any, outputs: set[str]) -> None:
-    if pooling is None:
-        return
-    _require(isinstance(pooling, dict) and set(pooling) == {"attention_logits", "tile_values", "head"},
-             f"model_card.bag_pooling {pooling!r} must be an object with exactly attention_logits, tile_values, head")
-    for key in ("attention_logits", "tile_values"):
-        _require(pooling[key] in outputs,
-                 f"model_card.bag_pooling.{key} {pooling[key]!r} is not one of the outputs {sorted(outputs)}")
-    _require(pooling["head"] in BAG_POOLING_HEADS,
-             f"model_card.bag_pooling.head {pooling['head']!r} is not one of {', '.join(BAG_POOLING_HEADS)}")
 
 
 @dataclass(frozen=True)
@@ -189,7 +122,7 @@ class Manifest:
     precision: str
     backend: dict[str, Any]
     model_file: str
-    model_card: dict[str, Any]
+    model_card: dict[str, Any]  #: the card as signed (for writing it out); read values from ``card``
     batch_sizes: tuple[int, int]
     golden: dict[str, Any]
     files: dict[str, str]
@@ -199,6 +132,7 @@ class Manifest:
     inputs: tuple[TensorSpec, ...] = field(repr=False)
     outputs: tuple[TensorSpec, ...] = field(repr=False)
     raw: dict[str, Any] = field(repr=False, compare=False)
+    card: ModelCard = field(repr=False, compare=False)  #: the typed card of ``task`` (:mod:`engines.cards`)
 
     @property
     def backend_name(self) -> str:
@@ -239,18 +173,7 @@ class Manifest:
             _require(isinstance(digest, str) and bool(SHA256_RE.match(digest)),
                      f"sha256 of {name!r} must be 64 lowercase hex digits, got {digest!r}")
         _require(d["model_file"] in files, f"model_file {d['model_file']!r} is not one of the files {sorted(files)}")
-        card = d["model_card"]
-        _require(isinstance(card, dict), "model_card must be an object")
-        for where in ("inputs", "outputs"):
-            _require(isinstance(card.get(where), list) and bool(card[where]),
-                     f"model_card.{where} must be a non-empty list of {{name, shape, dtype}}")
-        _check_phase_times(card)
-        inputs = tuple(TensorSpec.from_card(e, "inputs") for e in card["inputs"])
-        outputs = tuple(TensorSpec.from_card(e, "outputs") for e in card["outputs"])
-        for specs, where in ((inputs, "inputs"), (outputs, "outputs")):
-            names = [s.name for s in specs]
-            _require(len(set(names)) == len(names), f"model_card.{where} repeats a name: {names}")
-        _check_bag_pooling(card.get("bag_pooling"), {s.name for s in outputs})
+        card = card_from_dict(d["task"], d["model_card"])
         bs = d["batch_sizes"]
         _require(isinstance(bs, list) and len(bs) == 2 and all(isinstance(b, int) and not isinstance(b, bool) for b in bs)
                  and 1 <= bs[0] <= bs[1], f"batch_sizes {bs!r} must be [min, max] with 1 <= min <= max")
@@ -265,8 +188,8 @@ class Manifest:
         _require(isinstance(d["created_at"], str), f"created_at {d['created_at']!r} must be a string")
         return cls(
             task=d["task"], version=d["version"], vendor=d["vendor"], demo=d["demo"], precision=d["precision"],
-            backend=dict(backend), model_file=d["model_file"], model_card=dict(card),
+            backend=dict(backend), model_file=d["model_file"], model_card=dict(d["model_card"]),
             batch_sizes=(bs[0], bs[1]), golden=dict(golden), files=dict(files), metrics=dict(d["metrics"]),
             created_at=d["created_at"], sha256=hashlib.sha256(canonical_bytes(data)).hexdigest(),
-            inputs=inputs, outputs=outputs, raw=data,
+            inputs=card.inputs, outputs=card.outputs, raw=data, card=card,
         )

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engines.errors import BundleRejected, EngineError
+from engines.files import fsync_dir, temporary_name
 
 __all__ = ["KeyPair", "TrustedKey", "generate_keypair", "load_trusted_keys", "sign", "verify"]
 
@@ -45,7 +46,7 @@ class TrustedKey:
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` (never overwrite) via a temporary name, fsync'd, then linked into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)
@@ -77,11 +78,7 @@ def generate_keypair(directory: Path, name: str) -> KeyPair:
         raise EngineError(f"key file {str(pair.public_key)!r} already exists; choose another name")
     _write_new(pair.private_key, pem, 0o600)
     _write_new(pair.public_key, pub, 0o644)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(directory)
     logger.info("generated Ed25519 key pair %s in %s", name, directory)
     return pair
 

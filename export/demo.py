@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,13 +49,40 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def task_specs(models: DemoModels) -> dict[str, TaskExport]:
     """The three demo tasks with their model cards, held-out sets and calibration data."""
     s = models.sizes
-    tile, mil, dce = s.tile, s.mil, s.dce
     weight = models.probe.linear.weight.detach().numpy().ravel().astype(np.float64)
     bias = float(models.probe.linear.bias.detach().numpy()[0])
 
     def tile_score(outputs: list[np.ndarray]) -> np.ndarray:
         return _sigmoid(np.maximum(outputs[0], 0.0) @ weight + bias)
 
+    cards = demo_cards(s, weight, bias)
+    held, cal = models.heldout, models.calibration
+    tile_feed = held["pathology_tile"].feeds[0]["image"]
+    return {
+        "pathology_tile": TaskExport(
+            "pathology_tile", models.tile, {"image": torch.from_numpy(tile_feed[:4])}, ("embedding",),
+            {"image": {0: "batch"}}, cards["pathology_tile"], (1, 256), held["pathology_tile"], cal["pathology_tile"],
+            tile_score, 0.5, {"image": tile_feed[:2]},
+        ),
+        "pathology_slide": TaskExport(
+            "pathology_slide", PooledMIL(models.mil),
+            {"embeddings": torch.from_numpy(held["pathology_slide"].feeds[0]["embeddings"])}, POOLED_OUTPUTS, {"embeddings": {0: "bag"}}, cards["pathology_slide"], (1, 65536),
+            held["pathology_slide"], cal["pathology_slide"], lambda outputs: outputs[0], 0.5,
+            {"embeddings": held["pathology_slide"].feeds[0]["embeddings"][:8]},
+        ),
+        "breast_mri": TaskExport(
+            "breast_mri", models.dce,
+            {k: torch.from_numpy(v[:2]) for k, v in held["breast_mri"].feeds[0].items()},
+            ("probability",), {"dce": {0: "batch"}, "clinical": {0: "batch"}}, cards["breast_mri"], (1, 16),
+            held["breast_mri"], cal["breast_mri"], lambda outputs: outputs[0], 0.5,
+            {k: v[:1] for k, v in held["breast_mri"].feeds[0].items()},
+        ),
+    }
+
+
+def demo_cards(sizes: DemoSizes, weight: np.ndarray, bias: float) -> dict[str, dict[str, Any]]:
+    """The three demo model cards (``weight``, ``bias``: the tile encoder's tumour probe)."""
+    tile, mil, dce = sizes.tile, sizes.mil, sizes.dce
     notice = {"notice": DEMO_NOTICE, "demo": True}
     tile_card = {
         **notice,
@@ -101,28 +128,7 @@ def task_specs(models: DemoModels) -> dict[str, TaskExport]:
         "codes": {"finding": {"scheme": "SCT", "value": "399523006", "meaning": "Axillary lymph node metastasis"}},
         "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(dce).items()},
     }
-    held, cal = models.heldout, models.calibration
-    tile_feed = held["pathology_tile"].feeds[0]["image"]
-    return {
-        "pathology_tile": TaskExport(
-            "pathology_tile", models.tile, {"image": torch.from_numpy(tile_feed[:4])}, ("embedding",),
-            {"image": {0: "batch"}}, tile_card, (1, 256), held["pathology_tile"], cal["pathology_tile"],
-            tile_score, 0.5, {"image": tile_feed[:2]},
-        ),
-        "pathology_slide": TaskExport(
-            "pathology_slide", PooledMIL(models.mil),
-            {"embeddings": torch.from_numpy(held["pathology_slide"].feeds[0]["embeddings"])}, POOLED_OUTPUTS, {"embeddings": {0: "bag"}}, slide_card, (1, 65536),
-            held["pathology_slide"], cal["pathology_slide"], lambda outputs: outputs[0], 0.5,
-            {"embeddings": held["pathology_slide"].feeds[0]["embeddings"][:8]},
-        ),
-        "breast_mri": TaskExport(
-            "breast_mri", models.dce,
-            {k: torch.from_numpy(v[:2]) for k, v in held["breast_mri"].feeds[0].items()},
-            ("probability",), {"dce": {0: "batch"}, "clinical": {0: "batch"}}, dce_card, (1, 16),
-            held["breast_mri"], cal["breast_mri"], lambda outputs: outputs[0], 0.5,
-            {k: v[:1] for k, v in held["breast_mri"].feeds[0].items()},
-        ),
-    }
+    return {"pathology_tile": tile_card, "pathology_slide": slide_card, "breast_mri": dce_card}
 
 
 def ensure_demo_key(keys_dir: Path, trusted_keys_dir: Path) -> bytes:
@@ -233,4 +239,5 @@ def install_demo(
     return active
 
 
-__all__ = ["DEMO_GATE", "QUICK_GATE", "DEMO_VERSION", "TASKS", "build_demo_bundles", "ensure_demo_key", "install_demo", "task_specs"]
+__all__ = ["DEMO_GATE", "QUICK_GATE", "DEMO_VERSION", "TASKS", "build_demo_bundles", "demo_cards", "ensure_demo_key",
+           "install_demo", "task_specs"]

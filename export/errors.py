@@ -1,9 +1,15 @@
-"""Errors of the export stage (never imported by the running appliance)."""
+"""Errors of the export stage (never imported by the running appliance).
+
+Under the project's root :class:`~engines.errors.ApplianceError` (export -> engines
+is an allowed arrow), so the CLI reports them like every other library error.
+"""
 
 from __future__ import annotations
 
+from engines.errors import ApplianceError
 
-class ExportError(Exception):
+
+class ExportError(ApplianceError):
     """Base of the export stage's errors; the message names the bad value and what is valid."""
 
 

@@ -9,7 +9,6 @@ lists both so bundles hash and ship them together.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import onnx
 import torch
 
+from engines.files import replace_durably
 from export.errors import ExportError, ParityError
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,11 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = 
         else:
             onnx.save_model(model, str(tmp_path))
         written = [tmp_path] + ([Path(tmp) / data_name] if (Path(tmp) / data_name).exists() else [])
-        for file in written:
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
         stale = path.parent / data_name
         if not external_data and stale.exists():
             stale.unlink()
         for file in reversed(written):  # data first, so the .onnx never points at a missing file
-            os.replace(file, path.parent / file.name)
+            replace_durably(file, path.parent / file.name)
     return model_files(path)
 
 
@@ -96,11 +93,8 @@ def _move_external(raw: Path, data: Path, path: Path) -> None:
                     entry.value = target
     graph = raw.with_name("graph.onnx")
     onnx.save_model(model, str(graph))
-    for file in (data, graph):
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    os.replace(data, path.parent / target)
-    os.replace(graph, path)
+    replace_durably(data, path.parent / target)  # data first, so the .onnx never points at a missing file
+    replace_durably(graph, path)
 
 
 def check_and_infer(path: Path) -> onnx.ModelProto:

@@ -116,10 +116,12 @@ def _extras(request: ExportRequest, name: str, spec: TaskExport, report: TaskRep
     """The Triton model repository entries and TensorRT plans of one task, when asked."""
     results = report.results
     if request.triton is not None:
+        from engines.cards import card_from_dict
         from export.triton_repo import write_triton_bundle, write_triton_model
 
         for p, result in results.items():
-            write_triton_model(request.triton, f"{name}_{p}", result.files, spec.model_card, batch_sizes=spec.batch_sizes)
+            write_triton_model(request.triton, f"{name}_{p}", result.files, card_from_dict(name, spec.model_card),
+                               batch_sizes=spec.batch_sizes)
             write_triton_bundle(bundles[p], request.out / "bundles" / f"{name}-{request.version}-{p}-triton",
                                 f"{name}_{p}", pem)
         say("triton", f"{name}: model repository entries in {request.triton}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.cards import card_from_dict
 from export.errors import ExportError
 from export.fp16 import convert_fp16
 from export.gate import GateConfig, PrecisionMetrics, enforce, evaluate, evaluate_embeddings
@@ -215,7 +216,7 @@ def sign_bundles(
         session = _session(result.model)
         outputs = dict(zip(spec.output_names, session.run(None, dict(spec.golden)), strict=True))
         atol, rtol = GOLDEN_TOLERANCE[precision]
-        card = dict(spec.model_card)
+        card = card_from_dict(spec.task, spec.model_card).to_dict()  # checked as install will, every value stated
         fields: dict[str, Any] = {
             "task": spec.task,
             "version": f"{version}+{precision}",

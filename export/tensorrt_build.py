@@ -12,13 +12,12 @@ The returned record is what the engines manifest's ``backend`` needs.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.files import atomic_write
 from export.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -142,12 +141,7 @@ def _gpu_record() -> dict[str, Any]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)  # temporary name, fsync, rename, directory fsync
 
 
 def describe(record: Mapping[str, Any]) -> str:

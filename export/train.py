@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.files import durable_file
 from export.errors import TrainingDataMissing
 from export.models.dce4d import DceConfig, DceNet, clinical_vector
 from export.models.mil import GatedAttentionMIL, MilConfig
@@ -139,6 +139,21 @@ def _batches(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+def _probe_epoch(encoder: nn.Module, probe: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:
+    """One epoch of a tile encoder trained through a linear tumour probe (BCE on logits); the mean loss."""
+    encoder.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    total = 0.0
+    for idx in _batches(len(x), 32, rng):
+        optimizer.zero_grad()
+        loss = loss_fn(probe(encoder(x[idx])), y[idx])
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+    return total / len(x)
+
+
 def _train_tile(sizes: DemoSizes, rng: np.random.Generator, say: Progress) -> tuple[TileEncoder, TileProbe, np.ndarray, np.ndarray]:
     tiles, labels = render_tiles(rng, sizes.tiles, sizes.tile.tile_size)
     x = torch.from_numpy(normalize_tiles(tiles))
@@ -146,17 +161,9 @@ def _train_tile(sizes: DemoSizes, rng: np.random.Generator, say: Progress) -> tu
     encoder, probe = TileEncoder(sizes.tile), TileProbe(sizes.tile.embed_dim)
     params = list(encoder.parameters()) + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-4)
-    loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(sizes.tile_epochs):
-        encoder.train()
-        total = 0.0
-        for idx in _batches(len(x), 32, rng) if sizes.tile_epochs else []:
-            optimizer.zero_grad()
-            loss = loss_fn(probe(encoder(x[idx])), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        say(f"tile encoder epoch {epoch + 1}/{sizes.tile_epochs}: loss {total / len(x):.4f}")
+        loss = _probe_epoch(encoder, probe, x, y, optimizer, rng)
+        say(f"tile encoder epoch {epoch + 1}/{sizes.tile_epochs}: loss {loss:.4f}")
     return encoder.eval(), probe.eval(), x.numpy(), labels
 
 
@@ -220,17 +227,9 @@ def train_demo_vit(
     y = torch.from_numpy(labels).float()
     encoder, probe = VisionTransformer(config), TileProbe(config.output_dim)
     optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(probe.parameters()), lr=5e-4, weight_decay=0.05)
-    loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(epochs):
-        encoder.train()
-        total = 0.0
-        for idx in _batches(len(xt), 32, rng):
-            optimizer.zero_grad()
-            loss = loss_fn(probe(encoder(xt[idx])), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        say(f"{config.name} epoch {epoch + 1}/{epochs}: loss {total / len(xt):.4f} ({DEMO_NOTICE})")
+        loss = _probe_epoch(encoder, probe, xt, y, optimizer, rng)
+        say(f"{config.name} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({DEMO_NOTICE})")
     return encoder.eval()
 
 
@@ -321,8 +320,5 @@ def save_checkpoint(models: DemoModels, path: Path) -> None:
         "dce": (asdict(models.sizes.dce), models.dce.state_dict()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with durable_file(path) as out:
+        torch.save(payload, out)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engines.cards import ModelCard
 from engines.files import atomic_write
 from export.errors import ExportError
 
@@ -37,21 +38,20 @@ def _preferred(batch_sizes: Sequence[int], max_batch_size: int) -> list[int]:
     return sorted(set(sizes + [hi]))
 
 
-def model_config(name: str, model_card: dict[str, Any], platform: str, max_batch_size: int,
+def model_config(name: str, card: ModelCard, platform: str, max_batch_size: int,
                  batch_sizes: Sequence[int] = (1, 64), gpu: bool = True) -> Any:
     """The ``inference.ModelConfig`` message of one model (see the module docstring)."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     config = pb.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
     batched = max_batch_size > 0
-    for entries, add in ((model_card["inputs"], config.input.add), (model_card["outputs"], config.output.add)):
-        for entry in entries:
-            dtype = _TYPES.get(str(entry["dtype"]))
+    for specs, add in ((card.inputs, config.input.add), (card.outputs, config.output.add)):
+        for spec in specs:
+            dtype = _TYPES.get(spec.dtype)
             if dtype is None:
-                raise ExportError(f"tensor {entry['name']!r}: dtype {entry['dtype']!r} has no Triton type; "
-                                  f"known {sorted(_TYPES)}")
-            dims = list(entry["shape"])[1:] if batched else list(entry["shape"])
-            add(name=str(entry["name"]), data_type=pb.DataType.Value(dtype),
+                raise ExportError(f"tensor {spec.name!r}: dtype {spec.dtype!r} has no Triton type; known {sorted(_TYPES)}")
+            dims = list(spec.shape)[1:] if batched else list(spec.shape)
+            add(name=spec.name, data_type=pb.DataType.Value(dtype),
                 dims=[d if isinstance(d, int) else -1 for d in dims])
     if batched:
         config.dynamic_batching.preferred_batch_size.extend(_preferred(batch_sizes, max_batch_size))
@@ -61,16 +61,16 @@ def model_config(name: str, model_card: dict[str, Any], platform: str, max_batch
     return config
 
 
-def config_pbtxt(name: str, model_card: dict[str, Any], platform: str, max_batch_size: int,
+def config_pbtxt(name: str, card: ModelCard, platform: str, max_batch_size: int,
                  batch_sizes: Sequence[int] = (1, 64)) -> str:
     """Text of ``config.pbtxt`` (protobuf text format of :func:`model_config`)."""
     from google.protobuf import text_format
 
-    return str(text_format.MessageToString(model_config(name, model_card, platform, max_batch_size, batch_sizes)))
+    return str(text_format.MessageToString(model_config(name, card, platform, max_batch_size, batch_sizes)))
 
 
 def write_triton_model(
-    repo: Path, name: str, model_files: Sequence[Path], model_card: dict[str, Any], max_batch_size: int = 64,
+    repo: Path, name: str, model_files: Sequence[Path], card: ModelCard, max_batch_size: int = 64,
     batch_sizes: Sequence[int] = (1, 64),
 ) -> Path:
     """Write ``repo/name`` (replacing it); a model whose outputs do not share the batch axis gets max_batch_size 0."""
@@ -78,7 +78,7 @@ def write_triton_model(
     platform = PLATFORMS.get(primary.suffix)
     if platform is None:
         raise ExportError(f"Triton serves .onnx or .plan models, got {primary.name!r}")
-    outputs_batched = all(isinstance(e["shape"][0], str) for e in model_card["outputs"])
+    outputs_batched = all(isinstance(spec.shape[0], str) for spec in card.outputs)
     max_batch = min(max_batch_size, int(batch_sizes[1])) if outputs_batched else 0
     model_dir = repo / name
     if model_dir.exists():
@@ -87,7 +87,7 @@ def write_triton_model(
     for file in model_files:
         target = "model" + primary.suffix if file == primary else file.name  # external data keeps its name
         shutil.copyfile(file, model_dir / "1" / target)
-    text = config_pbtxt(name, model_card, platform, max_batch, batch_sizes)
+    text = config_pbtxt(name, card, platform, max_batch, batch_sizes)
     atomic_write(model_dir / "config.pbtxt", text.encode("utf-8"))
     return model_dir
 

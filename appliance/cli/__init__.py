@@ -13,8 +13,6 @@ import typer
 
 from appliance.cli import _commands
 from appliance.errors import ApplianceError
-from dicom_node.errors import NodeError
-from engines.errors import EngineError
 
 __all__ = ["app", "main"]
 
@@ -26,7 +24,8 @@ app = typer.Typer(
 )
 _commands.register(app)
 
-REPORTED_ERRORS: tuple[type[Exception], ...] = (ApplianceError, NodeError, EngineError)
+#: the root of every package's errors (dicom_node's, engines', export's and the appliance's own)
+REPORTED_ERRORS: tuple[type[Exception], ...] = (ApplianceError,)
 
 
 def main() -> None:
@@ -37,8 +36,3 @@ def main() -> None:
     except REPORTED_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except Exception as exc:  # export's errors: export is imported lazily, never by the running appliance
-        if type(exc).__module__.startswith("export"):
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        raise

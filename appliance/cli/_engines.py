@@ -23,6 +23,7 @@ from rich.table import Table
 from appliance.cli._options import ConfigOption, config_from
 from appliance.config import Config
 from appliance.state import StateStore
+from engines.files import atomic_write
 
 if TYPE_CHECKING:
     from engines.registry import Registry
@@ -161,7 +162,7 @@ def keygen(
         target = cfg.trusted_keys_dir / pair.public_key.name
         if target.exists():
             raise typer.BadParameter(f"{target} already exists")
-        target.write_bytes(pair.public_key.read_bytes())
+        atomic_write(target, pair.public_key.read_bytes())
         store = StateStore.for_data_dir(cfg.data_dir)
         try:
             store.audit(_default_actor(), "trusted_key_add", name, {"path": str(target)})

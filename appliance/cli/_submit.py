@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from appliance.cli._options import ConfigOption, config_from
 from appliance.errors import JobFailed
+from appliance.findings import task_card
+from engines.cards import PathologySlideCard
 
 
 def _summary(result: Any, labels: list[str]) -> dict[str, Any]:
@@ -71,7 +73,7 @@ def register(app: typer.Typer) -> None:
         finally:
             tile.close()
             slide_engine.close()
-        labels = [str(v) for v in slide_engine.manifest.model_card.get("labels", [])]
+        labels = list(task_card(slide_engine.manifest, PathologySlideCard).labels)
         summary = _summary(result, labels)
         if as_json:
             typer.echo(json.dumps(summary, sort_keys=True))

@@ -25,8 +25,9 @@ from pydicom.dataset import Dataset
 
 from appliance.errors import ApplianceError, JobFailed
 from appliance.state import StateStore
+from engines.cards import BREAST_MRI_CLINICAL_VARIABLES
 
-CLINICAL_VARIABLES: tuple[str, ...] = ("age", "er", "her2", "ki67", "grade")
+CLINICAL_VARIABLES: tuple[str, ...] = BREAST_MRI_CLINICAL_VARIABLES
 CLINICAL_SCALE: dict[str, float] = {"age": 100.0, "er": 1.0, "her2": 1.0, "ki67": 100.0, "grade": 3.0}
 #: what the sidecar may hold: allowed range (inclusive) and whether the value must be an integer
 _RULES: dict[str, tuple[float, float, bool]] = {
@@ -140,10 +141,3 @@ def clinical_vector(values: Mapping[str, float | None], variables: Sequence[str]
         scaled.append(0.0 if value is None else float(value) / CLINICAL_SCALE[name])
         missing.append(1.0 if value is None else 0.0)
     return np.asarray(scaled + missing, dtype=np.float32)
-
-
-def card_variables(card: Mapping[str, Any]) -> tuple[str, ...]:
-    """The card's ``clinical_variables`` (names, or dicts with a ``name``); default the five published ones."""
-    raw = card.get("clinical_variables") or CLINICAL_VARIABLES
-    names = tuple(str(item["name"]) if isinstance(item, Mapping) else str(item) for item in raw)
-    return names

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage, MRImageStorage
 
 from appliance.errors import StudyIncomplete
 
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
-LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.4"
+MR_IMAGE_STORAGE: str = MRImageStorage
+ENHANCED_MR_IMAGE_STORAGE: str = EnhancedMRImageStorage
+LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE: str = LegacyConvertedEnhancedMRImageStorage
 MULTIFRAME_MR_SOP_CLASSES = (ENHANCED_MR_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE)
 MR_SOP_CLASSES = (MR_IMAGE_STORAGE, *MULTIFRAME_MR_SOP_CLASSES)
 #: Philips private block holding Scale Slope (2005,xx0E) and Scale Intercept (2005,xx0D)

@@ -16,15 +16,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from appliance.errors import JobFailed, StudyIncomplete
 from appliance.mri._assembly import Dce4D
+from engines.cards import BreastMriCard
 
 MASK_FRACTION = 0.25  #: of the pre-contrast 99th percentile
-_CROPS = ("breast", "center")
 
 
 @dataclass(frozen=True)
@@ -37,22 +35,10 @@ class ModelGeometry:
     crop: str = "breast"
 
     @classmethod
-    def from_card(cls, card: dict[str, Any]) -> ModelGeometry:
-        """Read ``phase_count``, ``grid``, ``spacing_mm`` and optional ``crop``; reject anything else."""
-        try:
-            grid = tuple(int(v) for v in card["grid"])
-            spacing = tuple(float(v) for v in card["spacing_mm"])
-            phases = int(card["phase_count"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise JobFailed(f"breast_mri model card needs phase_count, grid [z, y, x] and spacing_mm [z, y, x]: {exc!r}"
-                            ) from exc
-        crop = str(card.get("crop", "breast"))
-        if len(grid) != 3 or len(spacing) != 3 or min(grid) < 1 or min(spacing) <= 0 or phases < 2:
-            raise JobFailed(f"breast_mri model card has grid {grid}, spacing_mm {spacing}, phase_count {phases}; "
-                            "need three positive sizes, three positive spacings and at least 2 phases")
-        if crop not in _CROPS:
-            raise JobFailed(f"breast_mri model card crop {crop!r} is not one of {_CROPS}")
-        return cls(phases, grid, spacing, crop)  # type: ignore[arg-type]
+    def from_card(cls, card: BreastMriCard) -> ModelGeometry:
+        """``phase_count``, ``grid``, ``spacing_mm`` and ``crop`` of the (install-checked) card."""
+        (z, y, x), (dz, dy, dx) = card.grid, card.spacing_mm
+        return cls(card.phase_count, (z, y, x), (dz, dy, dx), card.crop)
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from appliance.errors import JobFailed, StudyIncomplete
+from appliance.errors import StudyIncomplete
+from engines.cards import DEFAULT_PHASE_TOLERANCE_S, BreastMriCard
 
 if TYPE_CHECKING:
     from appliance.mri._assembly import Dce4D
 
 __all__ = ["MappedPhase", "PhaseInfo", "PhasePlan", "PhaseSchedule", "apply_plan", "map_to_model", "plan_phases"]
 
-DEFAULT_TOLERANCE_S = 30.0
+DEFAULT_TOLERANCE_S = DEFAULT_PHASE_TOLERANCE_S
 TIME_SOURCES = ("acquisition", "trigger", "temporal position")
 MAX_AFTER_INJECTION_S = 3 * 3600.0  #: a Contrast/Bolus Start Time further back belongs to another day or injection
 
@@ -81,26 +82,11 @@ class PhaseSchedule:
         return 2.0 * float(max(steps.max(), self.tolerance_s))
 
     @classmethod
-    def from_card(cls, card: Mapping[str, Any]) -> PhaseSchedule | None:
+    def from_card(cls, card: BreastMriCard) -> PhaseSchedule | None:
         """The card's schedule, or None for an old card that gives only ``phase_count`` (matched by count)."""
-        times = card.get("post_contrast_times_s")
-        if times is None:
+        if card.post_contrast_times_s is None:
             return None
-        try:
-            post = tuple(float(t) for t in times)
-            tolerance = float(card.get("phase_tolerance_s", DEFAULT_TOLERANCE_S))
-            max_gap = float(card.get("max_interpolation_gap_s", 0.0))
-        except (TypeError, ValueError) as exc:
-            raise JobFailed(f"breast_mri model card post_contrast_times_s {times!r}: {exc}") from exc
-        if not post or any(t < 0 for t in post) or any(b <= a for a, b in zip(post, post[1:])):
-            raise JobFailed(f"breast_mri model card post_contrast_times_s {list(post)} must be increasing seconds >= 0")
-        if tolerance < 0 or max_gap < 0:
-            raise JobFailed(f"breast_mri model card phase_tolerance_s {tolerance} and max_interpolation_gap_s "
-                            f"{max_gap} must be >= 0")
-        if "phase_count" in card and int(card["phase_count"]) != 1 + len(post):
-            raise JobFailed(f"breast_mri model card phase_count {card['phase_count']} is not 1 + "
-                            f"{len(post)} post-contrast times")
-        return cls(post, tolerance, max_gap)
+        return cls(card.post_contrast_times_s, card.phase_tolerance_s, card.max_interpolation_gap_s)
 
 
 @dataclass(frozen=True)

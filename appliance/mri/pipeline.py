@@ -13,20 +13,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
 from appliance.errors import JobFailed, StudyIncomplete
-from appliance.findings import EngineIdentity, Finding, SourceImage, StudyResult
+from appliance.findings import EngineIdentity, Finding, SourceImage, StudyResult, task_card
 from appliance.mri._assembly import DERIVED_DESCRIPTIONS, Dce4D, assemble
-from appliance.mri._clinical import card_variables, clinical_vector, study_values
+from appliance.mri._clinical import clinical_vector, study_values
 from appliance.mri._kinetics import lesion_kinetics
 from appliance.mri._preprocess import ModelGeometry, Prepared, preprocess
 from appliance.mri._timing import PhaseSchedule, map_to_model
 from appliance.state import StateStore
+from engines.cards import BreastMriCard, ModelCard
 
 __all__ = ["BreastMriInput", "job_instance_paths", "prepare_inputs", "run_breast_mri"]
 
@@ -51,7 +52,7 @@ class _Manifest(Protocol):
     @property
     def demo(self) -> bool: ...
     @property
-    def model_card(self) -> dict[str, Any]: ...
+    def card(self) -> ModelCard: ...
 
 
 class _Engine(Protocol):
@@ -93,13 +94,9 @@ def _read(items: Sequence[Path | Dataset | tuple[Path | None, Dataset]]) -> list
     return pairs
 
 
-def prepare_inputs(
-    items: Sequence[Path | Dataset | tuple[Path | None, Dataset]],
-    card: Mapping[str, Any],
-    store: StateStore | None = None,
-    phase_rules: Sequence[str] | None = None,
-    philips_scale: bool = False,
-) -> BreastMriInput:
+def prepare_inputs(items: Sequence[Path | Dataset | tuple[Path | None, Dataset]], card: BreastMriCard,
+                   store: StateStore | None = None, phase_rules: Sequence[str] | None = None,
+                   philips_scale: bool = False) -> BreastMriInput:
     """Assemble the study, map its phases onto the model's, preprocess, and build the clinical vector.
 
     A card with ``post_contrast_times_s`` has the study's phases mapped by time
@@ -107,13 +104,13 @@ def prepare_inputs(
     exactly that many phases. ``philips_scale`` (or the card's
     ``philips_scale_slope``) applies Philips' private Scale Slope.
     """
-    geometry = ModelGeometry.from_card(dict(card))
+    geometry = ModelGeometry.from_card(card)
     schedule = PhaseSchedule.from_card(card)
     pairs = _read(items)
     study = assemble(pairs, phase_count=None if schedule else geometry.phase_count,
-                     phase_rules=phase_rules or card.get("phase_rules"),
-                     philips_scale=philips_scale or bool(card.get("philips_scale_slope", False)),
-                     derived_descriptions=str(card.get("derived_series", DERIVED_DESCRIPTIONS)))
+                     phase_rules=phase_rules or card.phase_rules,
+                     philips_scale=philips_scale or card.philips_scale_slope,
+                     derived_descriptions=card.derived_series or DERIVED_DESCRIPTIONS)
     mapping: tuple[str, ...] = ()
     if schedule is not None:
         study, _ = map_to_model(study, schedule)
@@ -121,7 +118,7 @@ def prepare_inputs(
     prepared = preprocess(study, geometry)
     first = pairs[0][1]
     values, notes = study_values(first, store)
-    variables = card_variables(card)
+    variables = card.clinical_variables
     vector = clinical_vector(values, variables)
     missing = [v for v in variables if values.get(v) is None]
     if missing:
@@ -138,15 +135,6 @@ def job_instance_paths(store: StateStore, series_uids: Sequence[str]) -> list[Pa
             raise StudyIncomplete(f"series {uid}: no stored instances")
         paths.extend(found)
     return paths
-
-
-def _identity(engine: _Engine) -> EngineIdentity:
-    m = engine.manifest
-    card = m.model_card
-    return EngineIdentity(
-        task=m.task, version=m.version, name=str(card.get("name", m.task)), manufacturer=m.vendor,
-        precision=m.precision, manifest_sha256=m.sha256, demo=bool(m.demo),
-    )
 
 
 def _probability(outputs: Mapping[str, np.ndarray]) -> float:
@@ -168,19 +156,19 @@ def run_breast_mri(
     philips_scale: bool = False,
 ) -> StudyResult:
     """Run one study through the engine; ``items`` are the job's instance files (or datasets)."""
-    card = engine.manifest.model_card
+    card = task_card(engine.manifest, BreastMriCard)
     prepared = prepare_inputs(items, card, store, phase_rules, philips_scale)
     study = prepared.study
     logger.info("job %s: %s encoding, %d phases, grid %s", job_id, study.encoding, study.array.shape[0],
                 "x".join(map(str, study.array.shape[1:])))
     probability = _probability(engine.infer(prepared.engine_inputs()))
-    threshold = float(card.get("threshold", 0.5))
-    kinetics = lesion_kinetics(prepared.prepared.dce, prepared.prepared.mask) if card.get("kinetics", True) else None
+    threshold = card.threshold
+    kinetics = lesion_kinetics(prepared.prepared.dce, prepared.prepared.mask) if card.kinetics else None
     notes = [*study.notes, *prepared.notes]
     if kinetics is not None:
         notes.append(f"lesion kinetics: {kinetics.curve} ({kinetics.voxels} voxels, enhancement "
                      + ", ".join(f"{e:.2f}" for e in kinetics.enhancement) + ")")
-    elif card.get("kinetics", True):
+    elif card.kinetics:
         notes.append("no enhancing lesion found for kinetic analysis")
     sources = tuple(
         SourceImage(study_uid=str(prepared.first.get("StudyInstanceUID", study_uid)), series_uid=s.series_uid,
@@ -188,7 +176,7 @@ def run_breast_mri(
         for s in study.sources
     )
     finding = Finding(
-        pipeline=PIPELINE, probability=probability, threshold=threshold, engine=_identity(engine), sources=sources,
+        pipeline=PIPELINE, probability=probability, threshold=threshold, engine=EngineIdentity.of(engine.manifest), sources=sources,
         kinetic_curve=kinetics.curve if kinetics is not None else None, phases=prepared.phase_mapping,
     )
     logger.info("job %s: probability %.3f at threshold %.3f", job_id, probability, threshold)

@@ -6,7 +6,7 @@ the per-tile value ``v_i`` depend on tile ``i`` alone (for the gated-attention
 MIL of Ilse et al. with a linear classifier, ``v_i`` is the classifier's
 logit of tile ``i``, because ``W (sum_i a_i h_i) + b = sum_i a_i (W h_i + b)``).
 An engine whose model card declares ``bag_pooling`` (see
-:data:`engines.manifest.BAG_POOLING_HEADS`) outputs ``z`` and ``v`` per tile,
+:data:`engines.cards.BAG_POOLING_HEADS`) outputs ``z`` and ``v`` per tile,
 so the bag is run chunk by chunk (each within the engine's batch range and a
 bounded amount of memory) and the softmax is taken over all chunks with the
 log-sum-exp trick, in float64: the same score as the bag in one piece.
@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from appliance.errors import JobFailed
+from appliance.findings import task_card
+from engines.cards import PathologySlideCard
 from engines.errors import EngineUnavailable
 
 __all__ = ["BagScores", "score_bag"]
@@ -83,8 +85,8 @@ def score_bag(engine: Any, embeddings: np.ndarray, chunk: int) -> BagScores:
     name = f"{manifest.task}/{manifest.version}"
     sizes = getattr(engine, "batch_sizes", None)
     least, most = (sizes.start, sizes.stop - 1) if sizes is not None else (1, n)
-    pooling = manifest.model_card.get("bag_pooling")
-    if not isinstance(pooling, dict):
+    pooling = task_card(manifest, PathologySlideCard).bag_pooling
+    if pooling is None:
         return _one_piece(engine, embeddings, most, name)
     step = max(1, min(chunk, most))
     z = np.empty(n, np.float64)
@@ -94,19 +96,19 @@ def score_bag(engine: Any, embeddings: np.ndarray, chunk: int) -> BagScores:
         b = min(n, a + step)
         x = np.ascontiguousarray(embeddings[a:b], dtype=np.float32)  # one chunk in memory, never the bag
         out = _call(engine, _pad(x, least), "slide")
-        for key in (pooling["attention_logits"], pooling["tile_values"]):
+        for key in (pooling.attention_logits, pooling.tile_values):
             if key not in out:
                 raise JobFailed(f"slide engine {name} declares bag_pooling output {key!r} but did not return it")
-        z[a:b] = np.asarray(out[pooling["attention_logits"]], np.float64).reshape(-1)[: b - a]
-        v[a:b] = np.asarray(out[pooling["tile_values"]], np.float64).reshape(-1)[: b - a]
+        z[a:b] = np.asarray(out[pooling.attention_logits], np.float64).reshape(-1)[: b - a]
+        v[a:b] = np.asarray(out[pooling.tile_values], np.float64).reshape(-1)[: b - a]
         if "tile_scores" in out:
             scores[a:b] = np.asarray(out["tile_scores"], np.float32).reshape(-1)[: b - a]
         else:
-            scores[a:b] = _head(pooling["head"], v[a:b])
+            scores[a:b] = _head(pooling.head, v[a:b])
     if not (np.isfinite(z).all() and np.isfinite(v).all()):
         raise JobFailed(f"slide engine {name} returned non-finite attention logits or tile values")
     w = np.exp(z - z.max())  # log-sum-exp: exact softmax whatever the logits' range
     total = float(w.sum())
     pooled = float(np.dot(w, v) / total)
-    probability = float(_head(pooling["head"], np.asarray(pooled)))
+    probability = float(_head(pooling.head, np.asarray(pooled)))
     return BagScores(probability, (w / total).astype(np.float32), scores)

@@ -9,26 +9,19 @@ undo it itself.
 from __future__ import annotations
 
 import numpy as np
+from pydicom import uid
 
 from appliance.errors import JobFailed
 
 __all__ = ["SUPPORTED_TRANSFER_SYNTAXES", "decode_frame", "NATIVE"]
 
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = uid.ImplicitVRLittleEndian
+EXPLICIT_LE = uid.ExplicitVRLittleEndian
 NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE})
-_JPEG = frozenset({
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction
-})
-_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
-_J2K = frozenset({
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
-})
-_RLE = "1.2.840.10008.1.2.5"
+_JPEG = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1})
+_JPEG_LS = frozenset({uid.JPEGLSLossless, uid.JPEGLSNearLossless})
+_J2K = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+_RLE = uid.RLELossless
 SUPPORTED_TRANSFER_SYNTAXES = NATIVE | _JPEG | _JPEG_LS | _J2K | {_RLE}
 
 

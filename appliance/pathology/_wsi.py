@@ -30,6 +30,7 @@ from typing import BinaryIO, Sequence
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.uid import ImplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage
 
 from appliance.errors import JobFailed
 from appliance.findings import SourceImage
@@ -40,7 +41,7 @@ __all__ = ["DicomSlide", "WSI_SOP_CLASS", "optical_paths"]
 
 logger = logging.getLogger(__name__)
 
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+WSI_SOP_CLASS: str = VLWholeSlideMicroscopyImageStorage
 _NOT_PYRAMID = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 _ITEM, _SEQ_DELIM = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 _WHITE = 255
@@ -61,7 +62,7 @@ def _frame_table(f: BinaryIO, path: Path, ds: Dataset, ts: str) -> list[tuple[in
     head = f.read(12)
     if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
         raise JobFailed(f"{path.name}: no Pixel Data element")
-    if ts == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
+    if ts == ImplicitVRLittleEndian:  # implicit VR: tag, 4-byte length
         length, start = struct.unpack("<I", head[4:8])[0], f.tell() - 4
     else:  # explicit VR OB/OW: tag, VR, 2 reserved, 4-byte length
         length, start = struct.unpack("<I", head[8:12])[0], f.tell()

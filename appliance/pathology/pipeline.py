@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from appliance.errors import JobFailed
-from appliance.findings import EngineIdentity, Finding, HeatMap, SourceImage, StudyResult, TileHit
+from appliance.findings import EngineIdentity, Finding, HeatMap, SourceImage, StudyResult, TileHit, task_card
 from appliance.pathology._bag import score_bag
 from appliance.pathology._embeddings import BagKey, EmbeddingStore, tiles_digest
 from appliance.pathology._grid import TileGrid, make_grid
 from appliance.pathology._levels import Level, SlideReader, nearest_level
 from appliance.pathology._tissue import tissue_mask
+from engines.cards import PathologySlideCard, PathologyTileCard
 from engines.errors import EngineUnavailable
 
 __all__ = ["PathologySettings", "run_slide", "run_dicom_series", "run_slide_file", "Progress", "EngineLike"]
@@ -72,24 +73,6 @@ class PathologySettings:
     checkpoint_seconds: float = 0.5  #: at most this much encoding is lost when the job is interrupted
     bag_chunk: int = 16384  #: tiles per slide-engine call when the bag is scored in chunks
     optical_path: str = ""  #: Optical Path Identifier to read; "" the model card's, else the first
-
-
-def _card(engine: EngineLike, key: str, default: Any = None) -> Any:
-    card = engine.manifest.model_card
-    if key not in card:
-        if default is not None:
-            return default
-        raise JobFailed(f"engine {engine.manifest.task}/{engine.manifest.version} model card lacks {key!r}")
-    return card[key]
-
-
-def _identity(engine: EngineLike) -> EngineIdentity:
-    m = engine.manifest
-    return EngineIdentity(
-        task=m.task, version=m.version, name=str(m.model_card.get("name", m.task)),
-        manufacturer=str(m.vendor), precision=str(m.precision), manifest_sha256=str(m.sha256),
-        demo=bool(m.demo),
-    )
 
 
 def _thumbnail(reader: SlideReader, max_px: int) -> tuple[np.ndarray, Level]:
@@ -219,8 +202,9 @@ def _infer_stream(engine: EngineLike, batches: Iterator[dict[str, np.ndarray]]) 
 def _plan(reader: SlideReader, tile_engine: EngineLike, settings: PathologySettings,
           job_id: str) -> tuple[TileGrid, int, float]:
     """The tile grid over the level nearest the model's mpp (never coarser), with the tile size and mpp."""
-    size = int(_card(tile_engine, "tile_size", settings.tile_size))
-    mpp = float(_card(tile_engine, "mpp", settings.mpp))
+    card = task_card(tile_engine.manifest, PathologyTileCard)
+    size = card.tile_size if card.tile_size is not None else settings.tile_size
+    mpp = card.mpp if card.mpp is not None else settings.mpp
     level = nearest_level(reader.levels, mpp, settings.mpp_tolerance)
     thumb, mask_level = _thumbnail(reader, settings.mask_max_px)
     mask = tissue_mask(thumb, min_area=max(4, thumb.size // 3 // 20000))
@@ -244,7 +228,8 @@ def _encode(reader: SlideReader, grid: TileGrid, tile_engine: EngineLike, store:
     total = len(grid)
     q: queue.Queue[Any] = queue.Queue(maxsize=max(1, settings.queue_batches))
     stop = threading.Event()
-    tiler = _make_tiler(settings, size, _card(tile_engine, "mean"), _card(tile_engine, "std"))
+    card = task_card(tile_engine.manifest, PathologyTileCard)
+    tiler = _make_tiler(settings, size, card.mean, card.std)
     worker = threading.Thread(target=_produce, name=f"tiles-{job_id}", daemon=True,
                               args=(reader, grid, tiler, batch, size, settings, q, stop, start))
     worker.start()
@@ -296,7 +281,7 @@ def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: Engine
               study_uid: str, sources: Sequence[SourceImage] = (), progress: Progress | None = None,
               settings: PathologySettings = PathologySettings()) -> StudyResult:
     """Score one opened slide; see the module docstring."""
-    threshold = float(_card(slide_engine, "threshold"))
+    threshold = task_card(slide_engine.manifest, PathologySlideCard).threshold
     t0 = time.perf_counter()
     grid, size, mpp = _plan(reader, tile_engine, settings, job_id)
     level, total = grid.level, len(grid)
@@ -324,13 +309,13 @@ def run_slide(reader: SlideReader, tile_engine: EngineLike, slide_engine: Engine
     heat_map = HeatMap(heat, grid.tile_px, level.source, level.height, level.width, level.pixel_spacing_mm)
     finding = Finding(
         pipeline="pathology", probability=probability, threshold=threshold,
-        engine=_identity(slide_engine), sources=tuple(sources) or (level.source,),
+        engine=EngineIdentity.of(slide_engine.manifest), sources=tuple(sources) or (level.source,),
         heat_map=heat_map, top_tiles=hits, tiles_scored=total,
     )
     elapsed = time.perf_counter() - t0
     logger.info("job %s: %d tiles (%d encoded) in %.1f s", job_id, total, total - start, elapsed)
     store.discard()  # the result is made: the saved embeddings are no longer needed
-    t = _identity(tile_engine)
+    t = EngineIdentity.of(tile_engine.manifest)
     notes = (f"tile engine {t.task} {t.version}; level {level.index} at {level.mpp:.3f} um/px; "
              f"{total} tissue tiles of {grid.rows}x{grid.cols}",)
     return StudyResult(job_id=job_id, study_uid=study_uid, findings=(finding,), notes=notes)
@@ -342,7 +327,7 @@ def run_dicom_series(paths: Sequence[Path], tile_engine: EngineLike, slide_engin
     """Score a DICOM WSI series stored by the node (all its instance files)."""
     from appliance.pathology._wsi import DicomSlide
 
-    path = settings.optical_path or str(tile_engine.manifest.model_card.get("optical_path", "") or "")
+    path = settings.optical_path or task_card(tile_engine.manifest, PathologyTileCard).optical_path or ""
     with DicomSlide(paths, sources, threads=settings.read_threads, optical_path=path) as slide:
         study = slide.levels[0].source.study_uid
         return run_slide(slide, tile_engine, slide_engine, job_id=job_id, study_uid=study,

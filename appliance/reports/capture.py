@@ -113,10 +113,7 @@ def build_capture(
         series_number=SC_SERIES_NUMBER,
         sop_instance_uid=uids.sop_instance_uid(result.job_id, version, "sc"),
         instance_number=index,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model,
-        software_versions=device.software_version,
-        device_serial_number=device.serial,
+        **device.equipment(),
         series_description="AI result capture (unverified)",
         contributing_equipment=[engine_equipment(finding.engine, device)],
     )

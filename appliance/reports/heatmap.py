@@ -24,6 +24,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from appliance.errors import ReportError
 from appliance.findings import Finding, HeatMap, StudyResult
@@ -34,7 +35,7 @@ from appliance.reports.sr import DeviceInfo, engine_equipment, result_version
 logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9902
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+WSI_SOP_CLASS: str = VLWholeSlideMicroscopyImageStorage
 #: Segmentation frames are at most this many pixels on a side (PS3.3 C.8.12.4.1.2 tiles).
 MAX_FRAME = 256
 #: a heat map (SEG, capture) has at most this many values on a side; larger grids are max-pooled
@@ -145,10 +146,7 @@ def build_heatmap_seg(
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=uids.sop_instance_uid(result.job_id, f"{version}#{index}", "seg"),
         instance_number=index,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model,
-        software_versions=device.software_version,
-        device_serial_number=device.serial,
+        **device.equipment(),
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
         content_description="AI tumour probability heat map (unverified)",

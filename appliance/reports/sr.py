@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -41,6 +42,15 @@ UNVERIFIED_NOTE = "Unverified machine result; it must be reviewed by a physician
 CONTRAST_PHASE = codes.DCM.ContrastPhase  # (109058, DCM, "Contrast Phase")
 
 
+class Equipment(TypedDict):
+    """General Equipment attributes (PS3.3 C.7.5.1) as highdicom's constructor keywords."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """The appliance as a device: Device Observer (TID 1004) and General Equipment (PS3.3 C.7.5.1)."""
@@ -59,6 +69,11 @@ class DeviceInfo:
             value = getattr(self, field_name)
             if not value or len(value) > 64 or "\\" in value:
                 raise ReportError(f"device {field_name} {value!r} must be 1-64 characters without a backslash")
+
+    def equipment(self) -> Equipment:
+        """General Equipment (PS3.3 C.7.5.1) of every object the appliance writes, as highdicom keywords."""
+        return Equipment(manufacturer=self.manufacturer, manufacturer_model_name=self.model,
+                         software_versions=self.software_version, device_serial_number=self.serial)
 
     @classmethod
     def from_serial(cls, serial: str, name: str = "APPLIANCE", software_version: str = "0.1.0") -> DeviceInfo:
@@ -232,10 +247,7 @@ def build_sr(result: StudyResult, device: DeviceInfo, headers: Sequence[Dataset]
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sop_instance_uid(result.job_id, version, "sr"),
         instance_number=1,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model,
-        software_versions=device.software_version,
-        device_serial_number=device.serial,
+        **device.equipment(),
         institution_name=device.institution or None,
         series_description="AI result (unverified)",
         is_complete=True,

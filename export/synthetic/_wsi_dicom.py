@@ -29,6 +29,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engines.files import durable_file
 from export.synthetic.slide import SyntheticSlide
 
 __all__ = ["WsiWriter", "encode_frame"]
@@ -200,8 +201,7 @@ class WsiWriter:
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
         final = self.out_dir / name
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with durable_file(final) as fh:
             ds.save_as(fh, enforce_file_format=True)
             fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
             fh.write(struct.pack("<II", _ITEM, 4 * n_frames))
@@ -220,9 +220,6 @@ class WsiWriter:
                 raise RuntimeError(f"wrote {len(offsets)} frames, expected {n_frames}")
             fh.seek(bot_at)
             fh.write(struct.pack(f"<{n_frames}I", *offsets))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
         return final
 
     def _encoded(self, frames: Iterator[np.ndarray]) -> Iterator[bytes]:

@@ -38,8 +38,15 @@ import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
+from engines.files import durable_file
 from export.synthetic.dce import INJECTION_S, SPACING_MM, DceCase
 
 __all__ = [
@@ -58,8 +65,8 @@ __all__ = [
 
 Encoding = Literal["single_series", "series_per_phase", "enhanced"]
 ENCODINGS: tuple[Encoding, ...] = ("single_series", "series_per_phase", "enhanced")
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+MR_IMAGE_STORAGE: str = MRImageStorage
+ENHANCED_MR_IMAGE_STORAGE: str = EnhancedMRImageStorage
 
 _IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _ORIGIN = (-96.0, -140.0, -30.0)  # (x, y, z) mm of the first voxel of slice 0 (LPS)
@@ -449,10 +456,8 @@ def write_case(
     paths: list[Path] = []
     for ds in encode_case(case, encoding, identity):
         path = directory / f"{ds.SOPInstanceUID}.dcm"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
+        with durable_file(path) as handle:  # temporary name, fsync, rename, directory fsync
             handle.write(to_bytes(ds))
-        tmp.replace(path)
         paths.append(path)
     return paths
 

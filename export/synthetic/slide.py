@@ -10,7 +10,6 @@ pyramidal tiled JPEG TIFF that openslide reads.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engines.files import replace_durably, temporary_name
 from export.errors import ExportError
 from export.synthetic.tissue import GLASS_RGB, render_tile
 
@@ -165,19 +165,13 @@ def make_slide(
     return SyntheticSlide(width, height, mpp, tumour, seed, cell, tissue.astype(np.float32), tm.astype(np.float32))
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def write_tiff(slide: SyntheticSlide, path: Path, *, tile: int = 256, levels: int | None = None,
                quality: int = 90) -> Path:
     """The slide as a pyramidal tiled JPEG TIFF (one IFD per level), readable by openslide."""
     import tifffile
 
     n = levels or slide.levels_for(tile)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     res = 1e4 / slide.mpp  # pixels per centimetre
     with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         for level in range(n):
@@ -196,7 +190,7 @@ def write_tiff(slide: SyntheticSlide, path: Path, *, tile: int = 256, levels: in
                 description="synthetic H&E slide" if level == 0 else None,
                 metadata=None,
             )
-    _fsync_rename(tmp, path)
+    replace_durably(tmp, path)  # fsync, rename, directory fsync
     return path
 
 

@@ -8,13 +8,14 @@ import pytest
 
 from export.errors import ExportError
 from export.tensorrt_build import TrtBuildSettings, build_engine, tensorrt_available
+from engines.cards import ModelCard
 from export.triton_repo import config_pbtxt
 from tests.export.conftest import Exported
 
 
 def test_triton_config_has_dynamic_batching_for_batched_models() -> None:
-    card = {"inputs": [{"name": "image", "shape": ["N", 3, 96, 96], "dtype": "float32"}],
-            "outputs": [{"name": "embedding", "shape": ["N", 64], "dtype": "float32"}]}
+    card = ModelCard.from_dict({"inputs": [{"name": "image", "shape": ["N", 3, 96, 96], "dtype": "float32"}],
+                                "outputs": [{"name": "embedding", "shape": ["N", 64], "dtype": "float32"}]})
     text = config_pbtxt("pathology_tile", card, "onnxruntime_onnx", 64)
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

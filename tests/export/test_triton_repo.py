@@ -8,14 +8,15 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from engines.cards import ModelCard, TensorSpec
 from export.errors import ExportError
 from export.triton_repo import write_triton_model
 
-TILE_CARD = {"inputs": [{"name": "image", "shape": ["N", 3, 224, 224], "dtype": "float32"}],
-             "outputs": [{"name": "embedding", "shape": ["N", 768], "dtype": "float16"}]}
-SLIDE_CARD = {"inputs": [{"name": "embeddings", "shape": ["N", 768], "dtype": "float32"}],
-              "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"},
-                          {"name": "attention", "shape": ["N"], "dtype": "float32"}]}
+TILE_CARD = ModelCard.from_dict({"inputs": [{"name": "image", "shape": ["N", 3, 224, 224], "dtype": "float32"}],
+                                 "outputs": [{"name": "embedding", "shape": ["N", 768], "dtype": "float16"}]})
+SLIDE_CARD = ModelCard.from_dict({"inputs": [{"name": "embeddings", "shape": ["N", 768], "dtype": "float32"}],
+                                  "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"},
+                                              {"name": "attention", "shape": ["N"], "dtype": "float32"}]})
 
 
 def _read(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -53,6 +54,6 @@ def test_unknown_model_type_and_dtype_are_named(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"Triton serves .onnx or .plan models, got 'm.pt'"):
         write_triton_model(tmp_path / "repo", "m", [tmp_path / "m.pt"], TILE_CARD)
     (tmp_path / "m.onnx").write_bytes(b"")
-    card = {"inputs": [{"name": "x", "shape": ["N", 2], "dtype": "complex64"}], "outputs": TILE_CARD["outputs"]}
+    card = ModelCard(inputs=(TensorSpec("x", ("N", 2), "complex64"),), outputs=TILE_CARD.outputs)
     with pytest.raises(ExportError, match=r"tensor 'x': dtype 'complex64' has no Triton type"):
         write_triton_model(tmp_path / "repo", "m", [tmp_path / "m.onnx"], card)

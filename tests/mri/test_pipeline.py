@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.errors import JobFailed, StudyIncomplete
+from appliance.errors import StudyIncomplete
 from appliance.findings import StudyResult
 from appliance.mri import ModelGeometry, assemble, preprocess, run_breast_mri, set_clinical
 from appliance.mri._preprocess import crop_or_pad, normalize, resample
@@ -15,7 +15,8 @@ from appliance.state import StateStore
 from export.synthetic.dce import DceCase, make_case, relative_signal
 from export.synthetic.dce_dicom import ENCODINGS, stored_signal, study_identity, write_case
 from tests.mri.conftest import Reader
-from tests.mri.tiny_engine import CARD, TinyEngine, export_tiny
+from engines.errors import BundleRejected
+from tests.mri.tiny_engine import CARD, TinyEngine, export_tiny, mri_card
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +96,9 @@ def test_unreadable_file_is_named(tmp_path: Path, engine: TinyEngine) -> None:
 
 def test_resampling_to_the_card_spacing(read_encoding: Reader) -> None:
     study = assemble(read_encoding("enhanced"), phase_count=5)
-    geometry = ModelGeometry.from_card({**CARD, "spacing_mm": [6.0, 3.0, 3.0], "grid": [8, 40, 40]})
+    geometry = ModelGeometry.from_card(mri_card({**CARD, "spacing_mm": [6.0, 3.0, 3.0], "grid": [8, 40, 40],
+                                                 "inputs": [{"name": "dce", "shape": ["N", 5, 8, 40, 40], "dtype": "float32"},
+                                                            {"name": "clinical", "shape": ["N", 10], "dtype": "float32"}]}))
     prepared = preprocess(study, geometry)
     assert prepared.dce.shape == (5, 8, 40, 40) and prepared.mask.shape == (8, 40, 40)
     coarse = resample(study.array, study.spacing_mm, (6.0, 3.0, 3.0))
@@ -124,10 +127,11 @@ def test_crop_or_pad_centres_on_the_mask() -> None:
 
 
 def test_bad_model_card_is_rejected() -> None:
-    with pytest.raises(JobFailed, match=r"model card needs phase_count, grid"):
-        ModelGeometry.from_card({"threshold": 0.5})
-    with pytest.raises(JobFailed, match=r"crop 'lungs' is not one of"):
-        ModelGeometry.from_card({**CARD, "crop": "lungs"})
+    """At install (the typed card), never when a job runs."""
+    with pytest.raises(BundleRejected, match=r"model card needs phase_count, grid"):
+        mri_card({"threshold": 0.5})
+    with pytest.raises(BundleRejected, match=r"crop 'lungs' is not one of"):
+        mri_card({**CARD, "crop": "lungs"})
 
 
 def test_job_instance_paths_from_the_state_store(tmp_path: Path, dce_case: DceCase, engine: TinyEngine) -> None:

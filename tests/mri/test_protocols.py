@@ -23,7 +23,7 @@ from appliance.errors import StudyIncomplete
 from appliance.mri import assemble, run_breast_mri
 from appliance.mri._timing import PhaseInfo, PhaseSchedule, plan_phases
 from tests.mri._studies import PROTOCOL_ENCODINGS, build_study, case_at
-from tests.mri.tiny_engine import CARD, TinyEngine, export_tiny
+from tests.mri.tiny_engine import CARD, TinyEngine, export_tiny, mri_card
 
 #: the phases the model was trained on: pre-contrast, then these seconds after injection
 TIMED_CARD: dict[str, Any] = {**CARD, "post_contrast_times_s": [30.0, 120.0, 210.0, 300.0], "phase_tolerance_s": 30.0}
@@ -97,7 +97,7 @@ def test_interpolation_is_linear_in_time() -> None:
     """A model phase between two study phases is their time-weighted mean (checked on the arrays)."""
     datasets = build_study(TIMINGS[4], "single_tpi")
     study = assemble(datasets)
-    plan = plan_phases(study.phases, PhaseSchedule.from_card(TIMED_CARD))  # type: ignore[arg-type]
+    plan = plan_phases(study.phases, PhaseSchedule.from_card(mri_card(TIMED_CARD)))  # type: ignore[arg-type]
     assert plan.reference == "Contrast/Bolus Start Time" and plan.source == "acquisition"
     assert dict(plan.post_times_s) == pytest.approx({1: 40.0, 2: 160.0, 3: 280.0})
     (a, wa), (b, wb) = plan.phases[2].parts  # 120 s between 40 and 160 s
@@ -144,15 +144,16 @@ def test_untimed_phase_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("card", "message"), [
-    ({"post_contrast_times_s": [120, 30]}, r"must be increasing seconds"),
-    ({"post_contrast_times_s": [30, 120], "phase_count": 5}, r"phase_count 5 is not 1 \+ 2"),
+    ({"post_contrast_times_s": [120, 30]}, r"must be a non-empty list of increasing seconds"),
+    ({"post_contrast_times_s": [30, 120], "phase_count": 5}, r"phase_count 5 must be 1 \+ the 2"),
     ({"post_contrast_times_s": ["soon"]}, r"post_contrast_times_s \['soon'\]"),
 ])
 def test_bad_card_timing_is_rejected(card: dict[str, Any], message: str) -> None:
-    from appliance.errors import JobFailed
+    """At install (the typed card), never when a job runs."""
+    from engines.errors import BundleRejected
 
-    with pytest.raises(JobFailed, match=message):
-        PhaseSchedule.from_card(card)
+    with pytest.raises(BundleRejected, match=message):
+        mri_card({**CARD, **card})
 
 
 def test_old_card_with_only_phase_count_keeps_working(tmp_path: Path) -> None:
@@ -252,7 +253,7 @@ def test_philips_scale_slope_puts_phases_on_one_scale(tmp_path: Path) -> None:
     assert header[0x2005, 0x0010].value == "Philips MR Imaging DD 001" and header[0x2005, 0x100E].VR == "FL"
     with pytest.raises(StudyIncomplete, match=r"Philips Scale Slope \(2005,100E\) 0.0 with Rescale Slope"):
         header[0x2005, 0x100E].value = 0.0
-        prepare_inputs([header, *philips[1:]], {**TIMED_CARD, "philips_scale_slope": True})
+        prepare_inputs([header, *philips[1:]], mri_card({**TIMED_CARD, "philips_scale_slope": True}))
 
 
 def test_scored_study_sr_records_the_phases_and_passes_dciodvfy(tmp_path: Path, engine: TinyEngine) -> None:
@@ -289,8 +290,7 @@ def test_missing_series_of_a_per_series_dynamic_names_the_temporal_position(engi
 
 
 def _manifest(card_extra: dict[str, Any]) -> dict[str, Any]:
-    card = {"inputs": [{"name": "dce", "shape": ["N", 5, 16, 64, 64], "dtype": "float32"}],
-            "outputs": [{"name": "probability", "shape": ["N", 1], "dtype": "float32"}], **card_extra}
+    card = {**CARD, **card_extra}
     return {"format": 1, "task": "breast_mri", "version": "1.0.0", "precision": "fp32",
             "backend": {"name": "onnxruntime"}, "model_file": "m.onnx", "model_card": card,
             "golden": {"file": "g.npz"}, "files": {"m.onnx": "0" * 64, "g.npz": "1" * 64}}

@@ -21,6 +21,7 @@ from appliance.state import StateStore
 from appliance.worker import EngineCache, ProgressFn
 from tests.appliance._spooled import PATIENT_ID, PATIENT_NAME, spool_instance
 from tests.mri.test_protocols import TIMED_CARD
+from tests.mri.tiny_engine import mri_card
 from tests.peers import DSRDUMP, dciodvfy, require_tool
 
 DEVICE = DeviceInfo.from_serial("SN-TEST-NA", name="APPLIANCE")
@@ -68,7 +69,7 @@ def test_headers_of_two_studies_are_refused(tmp_path: Path) -> None:
 
 def _failing_pipeline(job: Job, store: StateStore, engines: EngineCache, progress: ProgressFn) -> None:
     """The real breast-MRI preparation on a one-image study: refused for a reason in the study."""
-    prepare_inputs(job_instance_paths(store, job.series_uids), TIMED_CARD)
+    prepare_inputs(job_instance_paths(store, job.series_uids), mri_card(TIMED_CARD))
 
 
 class _NoEngines:

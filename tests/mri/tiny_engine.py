@@ -16,7 +16,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from engines.cards import BreastMriCard
+
+#: the tiny model's tensors (every breast_mri card states them)
+TENSORS: dict[str, Any] = {
+    "inputs": [{"name": "dce", "shape": ["N", 5, 16, 64, 64], "dtype": "float32"},
+               {"name": "clinical", "shape": ["N", 10], "dtype": "float32"}],
+    "outputs": [{"name": "probability", "shape": ["N", 1], "dtype": "float32"}],
+}
 CARD: dict[str, Any] = {
+    **TENSORS,
     "name": "tiny test DCE model",
     "threshold": 0.5,
     "phase_count": 5,
@@ -55,6 +64,16 @@ class TinyManifest:
     vendor: str = "tests"
     precision: str = "fp32"
     demo: bool = True
+
+    @property
+    def card(self) -> BreastMriCard:
+        """The typed card, as ``engines.manifest.Manifest.card`` (built from ``model_card`` as it is now)."""
+        return mri_card(self.model_card)
+
+
+def mri_card(card: dict[str, Any]) -> BreastMriCard:
+    """The typed breast_mri card of ``card`` (the tiny model's tensors added where it states none)."""
+    return BreastMriCard.from_dict({**TENSORS, **card})
 
 
 class TinyEngine:

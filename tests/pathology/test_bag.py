@@ -12,7 +12,7 @@ import torch
 from appliance.errors import JobFailed
 from appliance.pathology._bag import score_bag
 from engines.errors import BundleRejected
-from engines.manifest import _check_bag_pooling
+from engines.cards import BagPooling
 from export.models.mil import BAG_POOLING, GatedAttentionMIL, MilConfig
 from tests.pathology.tiny_engines import TinyManifest, tiny_engines
 
@@ -97,4 +97,4 @@ def test_an_engine_that_does_not_return_its_declared_outputs_fails_the_job() -> 
 ])
 def test_the_manifest_checks_bag_pooling(pooling: dict[str, str], message: str) -> None:
     with pytest.raises(BundleRejected, match=message):
-        _check_bag_pooling(pooling, {"a", "v", "probability"})
+        BagPooling.from_card(pooling, ("a", "v", "probability"))

@@ -20,6 +20,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from engines.cards import ModelCard, card_from_dict
+
+#: the tiny models' tensors (every card states them; the tests' cards add only the task's keys)
+TENSORS: dict[str, dict[str, Any]] = {
+    "pathology_tile": {"inputs": [{"name": "image", "shape": ["N", 3, "S", "S"], "dtype": "float32"}],
+                       "outputs": [{"name": "embedding", "shape": ["N", "D"], "dtype": "float32"}]},
+    "pathology_slide": {"inputs": [{"name": "embeddings", "shape": ["N", "D"], "dtype": "float32"}],
+                        "outputs": [{"name": n, "shape": [1] if n == "probability" else ["N"], "dtype": "float32"}
+                                    for n in ("probability", "attention", "tile_scores", "attention_logits",
+                                              "tile_logits")]},
+}
 MEAN = [0.80, 0.60, 0.76]
 STD = [0.15, 0.20, 0.15]
 
@@ -34,6 +45,11 @@ class TinyManifest:
     sha256: str = "0" * 64
     demo: bool = True
     name: str = field(default="")
+
+    @property
+    def card(self) -> ModelCard:
+        """The typed card, as ``engines.manifest.Manifest.card`` (built from ``model_card`` as it is now)."""
+        return card_from_dict(self.task, {**TENSORS.get(self.task, {}), **self.model_card})
 
 
 class TinyEngine:
