@@ -42,7 +42,11 @@ uses pynetdicom's own acceptor with its documented chunked receive
 never to memory) and the SCU uses ``send_c_store`` with its documented chunked
 send (``_config.STORE_SEND_CHUNKED_DATASET``). Both paths give the same
 statuses and the same stored bytes; only the off path is exposed to the
-reactor race above.
+reactor race above, and only its send memory is unbounded: ``send_c_store``
+reads the file in fragments but queues every P-DATA primitive on the DUL's
+unbounded ``to_provider_queue``, so when the socket drains slower than the file
+is read (a loaded machine) most of a large file sits in that queue (90 MiB of a
+96 MiB file, measured); :class:`PDataWriter` writes each fragment as it reads it.
 """
 
 from __future__ import annotations
