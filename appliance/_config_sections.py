@@ -1,4 +1,5 @@
-"""How work runs: ``[[routes]]``, ``[delivery]``, ``[engines]``, ``[triton]``, ``[worker]``, ``[pathology]``, ``[web]``."""
+"""How work runs: ``[[routes]]``, ``[delivery]``, ``[engines]``, ``[triton]``, ``[worker]``, ``[pathology]``,
+``[web]``."""
 
 from __future__ import annotations
 
