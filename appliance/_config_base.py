@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
-__all__ = ["AeTitle", "Section", "TlsSettings"]
+__all__ = ["AeTitle", "Section", "ServerTls", "TlsSettings"]
 
 _AE_TITLE = re.compile(r"^[ -~]{1,16}$")
 
@@ -45,3 +45,13 @@ class TlsSettings(Section):
         if value and not Path(value).is_file():
             raise ValueError(f"TLS file {value!r} does not exist")
         return value
+
+
+def _server_tls(value: TlsSettings) -> TlsSettings:
+    if value.enabled and not (value.cert and value.key):
+        raise ValueError("TLS needs both 'cert' and 'key' when any TLS file is set")
+    return value
+
+
+#: the TLS of a listener (``[node]``, ``[dicomweb]``): any TLS file set needs both ``cert`` and ``key``
+ServerTls = Annotated[TlsSettings, AfterValidator(_server_tls)]

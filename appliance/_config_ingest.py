@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
-from appliance._config_base import AeTitle, Section, TlsSettings
+from appliance._config_base import AeTitle, Section, ServerTls, TlsSettings
 
 __all__ = ["DicomwebClientSettings", "DicomwebSettings", "NodeSettings", "PeerSettings"]
 
@@ -23,7 +23,7 @@ class NodeSettings(Section):
     min_free_bytes: Annotated[int, Field(ge=0)] = 1_000_000_000  #: below this, C-STORE answers 0xA700
     #: maximum PDU length we announce and enforce (PS3.8 D.1); a longer PDU is refused from its header
     max_pdu: Annotated[int, Field(ge=4096, le=1 << 26)] = 262_144
-    tls: TlsSettings = TlsSettings()
+    tls: ServerTls = TlsSettings()
     #: longest A-ASSOCIATE-RQ (or other non-P-DATA PDU) read, before AE titles are checked
     max_associate_rq: Annotated[int, Field(ge=1024, le=1 << 24)] = 65_536
     pdu_read_timeout: Annotated[float, Field(gt=0)] = 30.0  #: seconds for a started PDU to arrive whole
@@ -53,13 +53,6 @@ class NodeSettings(Section):
                 raise ValueError(f"{uid!r} in max_dataset_bytes_by_sop_class is not a SOP Class UID")
         return value
 
-    @field_validator("tls")
-    @classmethod
-    def _tls_complete(cls, value: TlsSettings) -> TlsSettings:
-        if value.enabled and not (value.cert and value.key):
-            raise ValueError("TLS needs both 'cert' and 'key' when any TLS file is set")
-        return value
-
 
 class PeerSettings(Section):
     """A peer allowed to associate with us (calling AE title, optional address)."""
@@ -82,7 +75,7 @@ class DicomwebSettings(Section):
 
     host: str = "127.0.0.1"  #: address the STOW-RS listener binds
     port: Annotated[int, Field(ge=0, le=65535)] = 8081  #: its port (0: any free port)
-    tls: TlsSettings = TlsSettings()  #: like ``[node] tls``; a ``ca`` requires client certificates
+    tls: ServerTls = TlsSettings()  #: like ``[node] tls``; a ``ca`` requires client certificates
     #: who may store; each sends its token as a bearer token
     clients: tuple[DicomwebClientSettings, ...] = ()
     #: refuse (401) requests without a listed client's token; false only on a trusted network
@@ -93,13 +86,6 @@ class DicomwebSettings(Section):
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
     #: open STOW-RS connections at once; more are answered 503
     max_connections: Annotated[int, Field(ge=1)] = 32
-
-    @field_validator("tls")
-    @classmethod
-    def _tls_complete(cls, value: TlsSettings) -> TlsSettings:
-        if value.enabled and not (value.cert and value.key):
-            raise ValueError("TLS needs both 'cert' and 'key' when any TLS file is set")
-        return value
 
     @field_validator("clients")
     @classmethod
