@@ -44,7 +44,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, Status, code_to_category
 
 from dicom_node._c_store import UNCOMPRESSED, FileInfo, UnsendableFile, contexts_for, read_info
-from dicom_node._storage_classes import VERIFICATION
+from dicom_node._storage_classes import VERIFICATION  # Verification SOP Class (PS3.4 A.4)
 from dicom_node.errors import DeliveryFailed, SenderStopped
 from dicom_node.speedups import PDataWriter
 
@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 # A file goes out as stored, read in fragments (pynetdicom's documented hook; ``send_c_store`` given a path).
 _config.STORE_SEND_CHUNKED_DATASET = True
-_VERIFICATION = VERIFICATION  # Verification SOP Class (PS3.4 A.4)
 #: a file is sent as stored, in fragments read as they go; only one whose transfer syntax the peer did not
 #: accept is decoded to be converted, and only up to this size (results are small; instances are not)
 CONVERT_LIMIT = 64 << 20
@@ -109,8 +108,7 @@ def _nodelay(event: evt.Event) -> None:
 class StoreSession:
     """One established association to a destination; send files with :meth:`store`.
 
-    Not thread-safe: one session belongs to one sender thread. ``abort()`` may be
-    called from another thread to stop it.
+    Not thread-safe: one session belongs to one sender thread; ``abort()`` may be called from another.
     """
 
     def __init__(self, assoc: Association, destination: Destination, timeout: float) -> None:
@@ -314,7 +312,7 @@ class StorageSCU:
     def echo(self, destination: Destination) -> float:
         """C-ECHO (PS3.7 9.3.5); return the round trip in seconds or raise DeliveryFailed."""
         started = time.monotonic()
-        assoc = self._associate(destination, [build_context(_VERIFICATION)])
+        assoc = self._associate(destination, [build_context(VERIFICATION)])
         try:
             rsp = assoc.send_c_echo()
             status = int(rsp.Status) if rsp and "Status" in rsp else None

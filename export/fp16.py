@@ -51,6 +51,31 @@ def convert_fp16(
     graph = model.graph
     float_names = _float_tensors(model)
     large = _large_outputs(fp32_path, model, sample, float_names) if sample else set()
+    fp16_nodes = _fp16_nodes(graph, float_names, large, keep_fp32, residual_fp32)
+    if not fp16_nodes:
+        raise ExportError(f"{fp32_path.name}: no node can run in fp16 (ops {sorted({n.op_type for n in graph.node})})")
+    rewriter = _Rewriter(graph, float_names, fp16_nodes)
+    for index, node in enumerate(rewriter.nodes):
+        rewriter.rewrite(node, index in fp16_nodes)
+    for out in graph.output:
+        if out.name in rewriter.produced_fp16:
+            rewriter.cast(out.name, TensorProto.FLOAT)
+    _replace_nodes(graph, _toposort(rewriter.new_nodes, graph))
+    _drop_unused_initializers(graph)
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True)
+    onnx.checker.check_model(model)
+    logger.info(
+        "fp16: %d of %d nodes in fp16, %d kept fp32 for range", len(fp16_nodes), len(graph.node) - len(rewriter.casts),
+        len(large),
+    )
+    return save_model(model, out_path)
+
+
+def _fp16_nodes(
+    graph: onnx.GraphProto, float_names: set[str], large: set[str], keep_fp32: Sequence[str], residual_fp32: bool
+) -> set[int]:
+    """Indices of the nodes that run in fp16: an op of :data:`FP16_OPS`, not kept fp32, nothing out of range."""
     init = {t.name: t for t in graph.initializer}
     nodes = list(graph.node)
     constants = set(init) | {n.output[0] for n in nodes if n.op_type == "Constant"}
@@ -58,7 +83,7 @@ def convert_fp16(
         index for index, n in enumerate(nodes)
         if residual_fp32 and n.op_type == "Add" and not any(i in constants for i in n.input)
     }  # fmt: skip
-    fp16_nodes = {
+    return {
         index
         for index, n in enumerate(nodes)
         if n.op_type in FP16_OPS
@@ -67,64 +92,67 @@ def convert_fp16(
         and not (set(n.output) & large)
         and not any(_too_large(init[i]) for i in n.input if i in init and i in float_names)
     }
-    if not fp16_nodes:
-        raise ExportError(f"{fp32_path.name}: no node can run in fp16 (ops {sorted({n.op_type for n in graph.node})})")
-    new_nodes: list[onnx.NodeProto] = []
-    casts: dict[tuple[str, int], str] = {}
-    converted_inits: dict[str, str] = {}
 
-    def fp16_name(name: str) -> str:
-        return name + "__fp16"
 
-    produced_fp16 = {o for k in fp16_nodes for o in nodes[k].output if o in float_names}
+def _fp16_name(name: str) -> str:
+    return name + "__fp16"
 
-    def cast(name: str, to: int) -> str:
+
+class _Rewriter:
+    """Renames the tensors of fp16 nodes, converts their initializers and inserts Casts where precision changes."""
+
+    def __init__(self, graph: onnx.GraphProto, float_names: set[str], fp16_nodes: set[int]) -> None:
+        self.graph = graph
+        self.float_names = float_names
+        self.init = {t.name: t for t in graph.initializer}
+        self.nodes = list(graph.node)
+        self.produced_fp16 = {o for k in fp16_nodes for o in self.nodes[k].output if o in float_names}
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.casts: dict[tuple[str, int], str] = {}
+        self.converted_inits: dict[str, str] = {}
+
+    def cast(self, name: str, to: int) -> str:
+        """The name of ``name`` cast to ``to`` (one Cast node per tensor and type)."""
         key = (name, to)
-        if key not in casts:
-            source = fp16_name(name) if to == TensorProto.FLOAT else name
+        if key not in self.casts:
+            source = _fp16_name(name) if to == TensorProto.FLOAT else name
             target = name if to == TensorProto.FLOAT else name + "__to_fp16"
-            casts[key] = target
-            new_nodes.append(helper.make_node("Cast", [source], [target], to=to, name=f"cast_{target}"))
-        return casts[key]
+            self.casts[key] = target
+            self.new_nodes.append(helper.make_node("Cast", [source], [target], to=to, name=f"cast_{target}"))
+        return self.casts[key]
 
-    for index, node in enumerate(nodes):
-        is16 = index in fp16_nodes
+    def rewrite(self, node: onnx.NodeProto, is16: bool) -> None:
+        """Point ``node``'s float inputs (and, in fp16, outputs) at tensors of its precision; append it."""
         for i, name in enumerate(node.input):
-            if name not in float_names:
+            if name not in self.float_names:
                 continue
             if is16:
-                if name in init:
-                    if name not in converted_inits:
-                        converted_inits[name] = name + "__fp16init"
-                        array = numpy_helper.to_array(init[name]).astype(np.float16)
-                        graph.initializer.append(numpy_helper.from_array(array, converted_inits[name]))
-                    node.input[i] = converted_inits[name]
-                elif name in produced_fp16:
-                    node.input[i] = fp16_name(name)
-                else:
-                    node.input[i] = cast(name, TensorProto.FLOAT16)
-            elif name in produced_fp16:
-                node.input[i] = cast(name, TensorProto.FLOAT)
+                node.input[i] = self._fp16_input(name)
+            elif name in self.produced_fp16:
+                node.input[i] = self.cast(name, TensorProto.FLOAT)
         if is16:
             for i, name in enumerate(node.output):
-                if name in float_names:
-                    node.output[i] = fp16_name(name)
-        new_nodes.append(node)
-    for out in graph.output:
-        if out.name in produced_fp16:
-            cast(out.name, TensorProto.FLOAT)
-    _replace_nodes(graph, _toposort(new_nodes, graph))
+                if name in self.float_names:
+                    node.output[i] = _fp16_name(name)
+        self.new_nodes.append(node)
+
+    def _fp16_input(self, name: str) -> str:
+        if name in self.init:
+            if name not in self.converted_inits:
+                self.converted_inits[name] = name + "__fp16init"
+                array = numpy_helper.to_array(self.init[name]).astype(np.float16)
+                self.graph.initializer.append(numpy_helper.from_array(array, self.converted_inits[name]))
+            return self.converted_inits[name]
+        if name in self.produced_fp16:
+            return _fp16_name(name)
+        return self.cast(name, TensorProto.FLOAT16)
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     unused = {t.name for t in graph.initializer} - {i for n in graph.node for i in n.input}
     kept = [t for t in graph.initializer if t.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True)
-    onnx.checker.check_model(model)
-    logger.info(
-        "fp16: %d of %d nodes in fp16, %d kept fp32 for range", len(fp16_nodes), len(graph.node) - len(casts), len(large)
-    )
-    return save_model(model, out_path)
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:

@@ -128,36 +128,10 @@ def export_onnx(
     """
     module = module.eval()
     names = list(sample)
-    dims: dict[str, torch.export.Dim] = {}
-    dynamic_shapes = {
-        name: {axis: dims.setdefault(dim, torch.export.Dim(dim, min=1, max=4096)) for axis, dim in axes.items()}
-        for name, axes in dynamic_axes.items()
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-export-") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        try:
-            program = torch.onnx.export(
-                module,
-                args=(),
-                kwargs=dict(sample),
-                f=None,
-                input_names=names,
-                output_names=list(output_names),
-                dynamic_shapes={n: dynamic_shapes.get(n) for n in names},
-                opset_version=opset,
-                dynamo=True,
-                optimize=True,
-                verify=False,
-                report=False,
-                verbose=False,
-            )
-        except Exception as exc:  # the exporter raises many types; name the model and keep the cause
-            raise ExportError(f"torch.onnx.export (dynamo) failed for {type(module).__name__}: {exc}") from exc
-        if program is None:
-            raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
-        program.save(str(raw), external_data=True)  # the exporter's default: weights in raw.onnx.data
-        del program
+        _dynamo_export(module, sample, output_names, dynamic_axes, opset, raw)
         data = raw.with_name(raw.name + ".data")
         if external_data is None:
             external_data = data.exists() and data.stat().st_size > 1_500_000_000
@@ -175,6 +149,45 @@ def export_onnx(
     if not worst <= tolerance:
         raise ParityError(f"{path.name}: ONNX Runtime differs from PyTorch by {worst:.3g}, tolerance {tolerance:.1g}")
     return ExportedModel(path, tuple(names), tuple(output_names), worst, opset)
+
+
+def _dynamo_export(
+    module: torch.nn.Module,
+    sample: Mapping[str, torch.Tensor],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+    opset: int,
+    raw: Path,
+) -> None:
+    """``torch.onnx.export(..., dynamo=True)`` of ``module`` to ``raw`` (weights in ``raw.onnx.data``)."""
+    names = list(sample)
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic_shapes = {
+        name: {axis: dims.setdefault(dim, torch.export.Dim(dim, min=1, max=4096)) for axis, dim in axes.items()}
+        for name, axes in dynamic_axes.items()
+    }
+    try:
+        program = torch.onnx.export(
+            module,
+            args=(),
+            kwargs=dict(sample),
+            f=None,
+            input_names=names,
+            output_names=list(output_names),
+            dynamic_shapes={n: dynamic_shapes.get(n) for n in names},
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verify=False,
+            report=False,
+            verbose=False,
+        )
+    except Exception as exc:  # the exporter raises many types; name the model and keep the cause
+        raise ExportError(f"torch.onnx.export (dynamo) failed for {type(module).__name__}: {exc}") from exc
+    if program is None:
+        raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
+    program.save(str(raw), external_data=True)  # the exporter's default: weights in raw.onnx.data
+    del program
 
 
 def _other_batch(tensor: torch.Tensor, axes: Mapping[int, str]) -> torch.Tensor:

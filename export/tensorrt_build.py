@@ -77,15 +77,7 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: TrtBuildSettings = 
         raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
-    profile = builder.create_optimization_profile()
-    profiles: dict[str, dict[str, list[int]]] = {}
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        shape = list(tensor.shape)
-        shapes = [[(b if d == -1 else d) for d in shape] for b in (lo, opt, hi)]
-        profile.set_shape(tensor.name, *shapes)
-        profiles[tensor.name] = {"min": shapes[0], "opt": shapes[1], "max": shapes[2]}
-    config.add_optimization_profile(profile)
+    profiles = _add_profile(builder, network, config, (lo, opt, hi))
     cache_bytes = settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.exists() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
     if settings.hardware_compatibility != "none":
@@ -116,6 +108,22 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: TrtBuildSettings = 
     )
     logger.info("built TensorRT %s plan %s (%s)", trt.__version__, plan_path.name, record.get("compute_capability"))
     return record
+
+
+def _add_profile(
+    builder: Any, network: Any, config: Any, batches: tuple[int, int, int]
+) -> dict[str, dict[str, list[int]]]:
+    """One optimization profile: every input's dynamic (-1) axes at the min, opt and max batch sizes."""
+    profile = builder.create_optimization_profile()
+    profiles: dict[str, dict[str, list[int]]] = {}
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        shape = list(tensor.shape)
+        shapes = [[(b if d == -1 else d) for d in shape] for b in batches]
+        profile.set_shape(tensor.name, *shapes)
+        profiles[tensor.name] = {"min": shapes[0], "opt": shapes[1], "max": shapes[2]}
+    config.add_optimization_profile(profile)
+    return profiles
 
 
 def _io_tensors(trt: Any, engine: Any) -> dict[str, str]:

@@ -29,7 +29,8 @@ orientation, pixel spacing, matrix and slice positions must agree across
 phases within a tolerance; Rescale Slope/Intercept (or the Pixel Value
 Transformation functional group) is applied. Exact duplicates (same SOP
 Instance, or the same image again at one position) are ignored; anything else
-inconsistent raises :class:`StudyIncomplete` naming the series and the problem.
+inconsistent raises :class:`StudyIncomplete` naming the series and the problem
+(the geometry: :mod:`appliance.mri._stacking`).
 """
 
 from __future__ import annotations
@@ -52,12 +53,11 @@ from appliance.mri._frames import (
     series_label,
 )
 from appliance.mri._series import DERIVED_DESCRIPTIONS, leave_out_derived, leave_out_odd_geometry
+from appliance.mri._stacking import ORIENTATION_TOLERANCE, check_against, same_image, slice_normal, slice_spacing, stack
 from appliance.mri._timing import PhaseInfo
 
 logger = logging.getLogger(__name__)
 
-ORIENTATION_TOLERANCE = 1e-3  #: direction cosines
-SPACING_TOLERANCE = 1e-3  #: relative, pixel spacing
 SAME_TIME_S = 0.5  #: two phases of different series this close in time are the same acquisition
 _ENCODING = {ENHANCED_MR_IMAGE_STORAGE: "enhanced", LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE: "legacy_enhanced"}
 
@@ -109,12 +109,8 @@ def _dedupe_instances(instances: Iterable[tuple[Path | None, Dataset]]) -> list[
     return list(seen.values())
 
 
-def _normal(orientation: np.ndarray) -> np.ndarray:
-    return np.cross(orientation[:3], orientation[3:6])
-
-
 def _position_key(frame: Frame, tolerance_mm: float) -> int:
-    return int(round(float(frame.position @ _normal(frame.orientation)) / max(tolerance_mm, 1e-6)))
+    return int(round(float(frame.position @ slice_normal(frame.orientation)) / max(tolerance_mm, 1e-6)))
 
 
 def _split_series(frames: list[Frame], tolerance_mm: float) -> list[tuple[str, list[Frame]]]:
@@ -160,14 +156,9 @@ def _split_series(frames: list[Frame], tolerance_mm: float) -> list[tuple[str, l
 def _unique_images(group: list[Frame]) -> list[Frame]:
     unique: list[Frame] = []
     for frame in group:
-        if not any(_same_image(frame, other) for other in unique):
+        if not any(same_image(frame, other) for other in unique):
             unique.append(frame)
     return unique
-
-
-def _same_image(a: Frame, b: Frame) -> bool:
-    return (a.pixels.shape == b.pixels.shape and a.slope == b.slope and a.intercept == b.intercept
-            and a.time_s == b.time_s and bool(np.array_equal(a.pixels, b.pixels)))
 
 
 def _order_series(by_series: dict[str, list[Frame]], phase_rules: Sequence[str]) -> list[tuple[str, list[Frame]]]:
@@ -283,64 +274,6 @@ def _phase_info(label: str, frames: list[Frame]) -> PhaseInfo:
     )
 
 
-def _stack(label: str, frames: list[Frame], tolerance_mm: float) -> tuple[list[Frame], np.ndarray]:
-    """Sort one phase's frames along the slice normal; drop exact duplicates; return frames and positions."""
-    orientation = frames[0].orientation
-    for frame in frames:
-        if np.max(np.abs(frame.orientation - orientation)) > ORIENTATION_TOLERANCE:
-            raise StudyIncomplete(f"{series_label(frame)}, phase {label!r}: Image Orientation (Patient) "
-                                  f"{frame.orientation.tolist()} differs from {orientation.tolist()} within the phase")
-    normal = _normal(orientation)
-    ordered = sorted(frames, key=lambda f: float(f.position @ normal))
-    unique: list[Frame] = []
-    for frame in ordered:
-        if unique and abs(float((frame.position - unique[-1].position) @ normal)) <= tolerance_mm:
-            if _same_image(frame, unique[-1]):
-                continue
-            raise StudyIncomplete(
-                f"{series_label(frame)}, phase {label!r}: two different images at slice position "
-                f"{float(frame.position @ normal):.2f} mm")
-        unique.append(frame)
-    depths = np.asarray([float(f.position @ normal) for f in unique])
-    return unique, depths
-
-
-def _check_against(label: str, frames: list[Frame], depths: np.ndarray, ref_label: str, ref: list[Frame],
-                   ref_depths: np.ndarray, tolerance_mm: float) -> None:
-    r, f = ref[0], frames[0]
-    where = f"{series_label(f)}, phase {label!r}"
-    for frame in frames:
-        if (frame.rows, frame.columns) != (r.rows, r.columns):
-            raise StudyIncomplete(f"{where}: matrix {frame.rows}x{frame.columns} differs from "
-                                  f"{r.rows}x{r.columns} of phase {ref_label!r}")
-        if np.max(np.abs(frame.orientation - r.orientation)) > ORIENTATION_TOLERANCE:
-            raise StudyIncomplete(f"{where}: orientation {frame.orientation.tolist()} differs from "
-                                  f"{r.orientation.tolist()} of phase {ref_label!r}")
-        if not np.allclose(frame.pixel_spacing, r.pixel_spacing, rtol=SPACING_TOLERANCE, atol=0):
-            raise StudyIncomplete(f"{where}: pixel spacing {frame.pixel_spacing} differs from "
-                                  f"{r.pixel_spacing} of phase {ref_label!r}")
-    if len(frames) != len(ref):
-        raise StudyIncomplete(f"{where}: {len(frames)} slices, phase {ref_label!r} has {len(ref)}")
-    shift = float(np.max(np.abs(depths - ref_depths)))
-    in_plane = float(np.max(np.abs(np.stack([x.position for x in frames]) - np.stack([x.position for x in ref]))))
-    if shift > tolerance_mm or in_plane > tolerance_mm:
-        raise StudyIncomplete(f"{where}: slice positions differ from phase {ref_label!r} by up to "
-                              f"{max(shift, in_plane):.3f} mm (tolerance {tolerance_mm} mm)")
-
-
-def _slice_spacing(label: str, frames: list[Frame], depths: np.ndarray, tolerance_mm: float) -> float:
-    if len(depths) < 2:
-        return float(frames[0].pixel_spacing[0])
-    gaps = np.diff(depths)
-    spacing = float(np.median(gaps))
-    worst = int(np.argmax(np.abs(gaps - spacing)))
-    if abs(gaps[worst] - spacing) > tolerance_mm:
-        raise StudyIncomplete(f"{series_label(frames[0])}, phase {label!r}: slice spacing not uniform: gap of "
-                              f"{gaps[worst]:.2f} mm after slice {worst + 1} where {spacing:.2f} mm is usual "
-                              "(missing or extra slice)")
-    return spacing
-
-
 def assemble(
     instances: Iterable[Dataset | tuple[Path | None, Dataset]],
     *,
@@ -365,41 +298,51 @@ def assemble(
         raise StudyIncomplete("no MR Image or Enhanced MR Image instances in the series given")
     notes: list[str] = []
     encoding, phases = _phases(frames, tolerance_mm, phase_rules, notes, derived_descriptions)
+    _check_phase_count(phases, phase_count, notes)
+    if notes:  # the notes name series by UID: they go to the report, the log gets their number
+        logger.info("assembly: %d note(s) on series or phases left out", len(notes))
+    stacks = [(label, *stack(label, frs, tolerance_mm)) for label, frs in phases]
+    ref_label, ref, ref_depths = stacks[0]
+    for label, frs, depths in stacks[1:]:
+        check_against(label, frs, depths, ref_label, ref, ref_depths, tolerance_mm)
+    dz = slice_spacing(ref_label, ref, ref_depths, tolerance_mm)
+    return _dce4d([(label, frs) for label, frs, _ in stacks], dz, encoding, notes)
+
+
+def _check_phase_count(phases: list[tuple[str, list[Frame]]], phase_count: int | None, notes: list[str]) -> None:
+    """The phases found are as many as the model needs (when it says), else StudyIncomplete naming them."""
     if phase_count is not None and len(phases) != phase_count:
         names = ", ".join(f"{label!r}" for label, _ in phases)
         series = ", ".join(sorted({series_label(f[0]) for _, f in phases}))
         raise StudyIncomplete(f"{series}: {len(phases)} phase(s) found ({names}) but the model needs {phase_count}"
                               + (" (a phase is missing)" if len(phases) < phase_count else "")
                               + "".join(f"; {note}" for note in notes))
-    if notes:  # the notes name series by UID: they go to the report, the log gets their number
-        logger.info("assembly: %d note(s) on series or phases left out", len(notes))
-    stacks = [(label, *_stack(label, frs, tolerance_mm)) for label, frs in phases]
-    ref_label, ref, ref_depths = stacks[0]
-    for label, frs, depths in stacks[1:]:
-        _check_against(label, frs, depths, ref_label, ref, ref_depths, tolerance_mm)
-    dz = _slice_spacing(ref_label, ref, ref_depths, tolerance_mm)
+
+
+def _dce4d(stacks: list[tuple[str, list[Frame]]], dz: float, encoding: str, notes: list[str]) -> Dce4D:
+    """The 4-D array of the stacked, checked phases with its geometry, timing and sources."""
+    ref = stacks[0][1]
     array = np.empty((len(stacks), len(ref), ref[0].rows, ref[0].columns), dtype=np.float32)
-    for p, (_, frs, _) in enumerate(stacks):
+    for p, (_, frs) in enumerate(stacks):
         for z, frame in enumerate(frs):
             array[p, z] = frame.values()
-    times = [min((f.time_s for f in frs if f.time_s is not None), default=None) for _, frs, _ in stacks]
+    times = [min((f.time_s for f in frs if f.time_s is not None), default=None) for _, frs in stacks]
     t0 = times[0]
     per_phase = tuple(
         tuple(dict.fromkeys(SourceRef(f.series_uid, f.sop_instance_uid, f.sop_class_uid, f.path) for f in frs))
-        for _, frs, _ in stacks
+        for _, frs in stacks
     )
-    sources = tuple(dict.fromkeys(ref for phase in per_phase for ref in phase))
     return Dce4D(
         array=array,
         spacing_mm=(dz, ref[0].pixel_spacing[0], ref[0].pixel_spacing[1]),
         orientation=tuple(float(v) for v in ref[0].orientation),
         origin=tuple(float(v) for v in ref[0].position),  # type: ignore[arg-type]
-        phase_labels=tuple(label for label, _, _ in stacks),
+        phase_labels=tuple(label for label, _ in stacks),
         phase_times_s=tuple(None if t is None or t0 is None else t - t0 for t in times),
         encoding=encoding,
-        series_uids=tuple(dict.fromkeys(f.series_uid for _, frs, _ in stacks for f in frs)),
-        sources=sources,
+        series_uids=tuple(dict.fromkeys(f.series_uid for _, frs in stacks for f in frs)),
+        sources=tuple(dict.fromkeys(source for phase in per_phase for source in phase)),
         notes=tuple(notes),
-        phases=tuple(_phase_info(label, frs) for label, frs, _ in stacks),
+        phases=tuple(_phase_info(label, frs) for label, frs in stacks),
         phase_sources=per_phase,
     )

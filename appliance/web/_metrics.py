@@ -62,6 +62,17 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
+        counts = self.store.jobs.count_by_state()
+        yield from self._queue_metrics(counts)
+        yield from self._throughput_metrics()
+        yield from self._delivery_metrics()
+        yield from _slot_metrics(SlotBoard(self.store).read())
+        yield from self._failure_metrics(counts)
+        yield from triton_metrics()
+        yield from ingest_metrics()
+
+    def _queue_metrics(self, counts: dict[str, int]) -> Iterator[Metric]:
+        """Instances, studies, jobs by state, queue depth, backpressure and free space."""
         store = self.store
         instances = CounterMetricFamily("appliance_instances_received", "DICOM instances stored by the node")
         instances.add_metric([], float(store.instances.count()))
@@ -71,7 +82,6 @@ class StoreCollector(Collector):
         yield studies
 
         jobs = GaugeMetricFamily("appliance_jobs", "Jobs by state", labels=["state"])
-        counts = store.jobs.count_by_state()
         for state, n in counts.items():
             jobs.add_metric([state], float(n))
         yield jobs
@@ -87,9 +97,11 @@ class StoreCollector(Collector):
         disk.add_metric([], float(free))
         yield disk
 
+    def _throughput_metrics(self) -> Iterator[Metric]:
+        """Job durations and the pathology pipeline's tile rate over recent jobs."""
         yield _histogram(
             "appliance_job_duration_seconds", "Time from lease to success of a job", "pipeline",
-            store.jobs.duration_histogram(JOB_BUCKETS), JOB_BUCKETS,
+            self.store.jobs.duration_histogram(JOB_BUCKETS), JOB_BUCKETS,
         )
         tiles, seconds = self._tile_rate()
         scored = CounterMetricFamily("appliance_tiles_scored", "Tiles scored by the pathology pipeline (recent jobs)")
@@ -99,6 +111,9 @@ class StoreCollector(Collector):
         rate.add_metric([], tiles / seconds if seconds > 0 else 0.0)
         yield rate
 
+    def _delivery_metrics(self) -> Iterator[Metric]:
+        """Delivery latency, deliveries by destination and state (zeros included), and by kind."""
+        store = self.store
         yield _histogram(
             "appliance_delivery_latency_seconds", "Time from queued to delivered per destination", "destination",
             store.deliveries.latency_histogram(LATENCY_BUCKETS), LATENCY_BUCKETS,
@@ -114,15 +129,16 @@ class StoreCollector(Collector):
                     deliveries.add_metric([dest.name, state], 0.0)
         yield deliveries
         yield from _destination_kinds(self.config, store)
-        yield from _slot_metrics(SlotBoard(store).read())
+
+    def _failure_metrics(self, counts: dict[str, int]) -> Iterator[Metric]:
+        """Failed jobs, dead deliveries and series that could not be routed."""
+        store = self.store
         failures = CounterMetricFamily("appliance_failures", "Failed jobs, dead deliveries, series that could not be routed",
                                        labels=["kind"])
         failures.add_metric(["job"], float(counts[JobState.FAILED]))
         failures.add_metric(["delivery"], float(store.deliveries.count_by_state()[DeliveryState.DEAD]))
         failures.add_metric(["series"], float(store.series.failed_count()))
         yield failures
-        yield from triton_metrics()
-        yield from ingest_metrics()
 
     def _tile_rate(self) -> tuple[int, float]:
         tiles, seconds = 0, 0.0

@@ -81,6 +81,17 @@ class WsiWriter:
     def _base(self, image_type: list[str], rows: int, cols: int, total: tuple[int, int],
               spacing_mm: float, frames: int, instance: int, uid_key: str) -> Dataset:
         ds = Dataset()
+        self._identity(ds, image_type, instance, uid_key)
+        self._dimensions(ds)
+        self._image(ds, rows, cols, total, spacing_mm, frames)
+        self._flags(ds, image_type)
+        ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(image_type, spacing_mm)])
+        self._specimen(ds)
+        self._optical_path(ds)
+        return ds
+
+    def _identity(self, ds: Dataset, image_type: list[str], instance: int, uid_key: str) -> None:
+        """SOP Common, Patient, General Study/Series/Equipment and Frame of Reference attributes."""
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = image_type
         ds.SOPClassUID = VLWholeSlideMicroscopyImageStorage
@@ -106,6 +117,9 @@ class WsiWriter:
         ds.InstanceNumber = instance
         ds.FrameOfReferenceUID = self.frame_of_reference
         ds.PositionReferenceIndicator = "SLIDE_CORNER"
+
+    def _dimensions(self, ds: Dataset) -> None:
+        """Multi-frame Dimension module: TILED_FULL, indexed by column and row position."""
         ds.DimensionOrganizationType = "TILED_FULL"
         org = Dataset()
         org.DimensionOrganizationUID = generate_uid(entropy_srcs=[self.series_uid, "dim"])
@@ -119,6 +133,10 @@ class WsiWriter:
             d.DimensionDescriptionLabel = desc
             index.append(d)
         ds.DimensionIndexSequence = Sequence(index)
+
+    def _image(self, ds: Dataset, rows: int, cols: int, total: tuple[int, int], spacing_mm: float,
+               frames: int) -> None:
+        """Image Pixel and Whole Slide Microscopy Image attributes: frames, total matrix, imaged volume."""
         ds.SamplesPerPixel = 3
         ds.PhotometricInterpretation = "YBR_FULL_422" if self.ts == "jpeg" else "RGB"
         ds.PlanarConfiguration = 0
@@ -136,6 +154,9 @@ class WsiWriter:
         ds.TotalPixelMatrixOriginSequence = Sequence([origin])
         ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
         ds.VolumetricProperties = "VOLUME"
+
+    def _flags(self, ds: Dataset, image_type: list[str]) -> None:
+        """Label and annotation flags (Slide Label module for a LABEL), focus, and lossy compression."""
         associated = image_type[2] in ("LABEL", "OVERVIEW")
         ds.SpecimenLabelInImage = "YES" if associated else "NO"
         ds.BurnedInAnnotation = "YES" if associated else "NO"
@@ -151,21 +172,6 @@ class WsiWriter:
             ds.LossyImageCompressionMethod = "ISO_10918_1"
         else:
             ds.LossyImageCompression = "00"
-        shared = Dataset()
-        measures = Dataset()
-        measures.PixelSpacing = [round(spacing_mm, 9), round(spacing_mm, 9)]
-        measures.SliceThickness = 0.004
-        shared.PixelMeasuresSequence = Sequence([measures])
-        frame_type = Dataset()
-        frame_type.FrameType = image_type
-        shared.WholeSlideMicroscopyImageFrameTypeSequence = Sequence([frame_type])
-        path_id = Dataset()
-        path_id.OpticalPathIdentifier = "1"
-        shared.OpticalPathIdentificationSequence = Sequence([path_id])
-        ds.SharedFunctionalGroupsSequence = Sequence([shared])
-        self._specimen(ds)
-        self._optical_path(ds)
-        return ds
 
     def _specimen(self, ds: Dataset) -> None:
         """Specimen module (PS3.3 C.7.6.22): one slide holding one specimen."""
@@ -286,3 +292,19 @@ class WsiWriter:
         image_type = ["ORIGINAL", "PRIMARY", kind, "NONE"]
         ds = self._base(image_type, rows, cols, (cols, rows), spacing, 1, 100 + len(kind), kind)
         return self._write(ds, iter([img]), 1, f"{kind.lower()}.dcm")
+
+
+def _shared_groups(image_type: list[str], spacing_mm: float) -> Dataset:
+    """The Shared Functional Groups item: pixel measures, frame type, optical path."""
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = [round(spacing_mm, 9), round(spacing_mm, 9)]
+    measures.SliceThickness = 0.004
+    shared.PixelMeasuresSequence = Sequence([measures])
+    frame_type = Dataset()
+    frame_type.FrameType = image_type
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = Sequence([frame_type])
+    path_id = Dataset()
+    path_id.OpticalPathIdentifier = "1"
+    shared.OpticalPathIdentificationSequence = Sequence([path_id])
+    return shared

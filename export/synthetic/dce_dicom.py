@@ -29,7 +29,6 @@ synthetic, derived from a seed.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Literal
@@ -47,7 +46,24 @@ from pydicom.uid import (
 )
 
 from engines.files import durable_file
-from export.synthetic.dce import INJECTION_S, SPACING_MM, DceCase
+from export.synthetic._dce_common import (
+    GADOLINIUM,
+    IOP,
+    ORIGIN,
+    StudyIdentity,
+    code_item,
+    common_modules,
+    contrast_module,
+    decimal_string,
+    phase_name,
+    phase_time,
+    pixel_module,
+    position,
+    stored_signal,
+    study_identity,
+    tm,
+)
+from export.synthetic.dce import SPACING_MM, DceCase
 
 __all__ = [
     "ENCODINGS",
@@ -68,128 +84,8 @@ ENCODINGS: tuple[Encoding, ...] = ("single_series", "series_per_phase", "enhance
 MR_IMAGE_STORAGE: str = MRImageStorage
 ENHANCED_MR_IMAGE_STORAGE: str = EnhancedMRImageStorage
 
-_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-_ORIGIN = (-96.0, -140.0, -30.0)  # (x, y, z) mm of the first voxel of slice 0 (LPS)
 _PER_PHASE_SLOPE, _PER_PHASE_INTERCEPT = 0.5, -10.0
 _ENHANCED_INTERCEPT = -100.0
-_GADOLINIUM = ("C17511", "NCIt", "Gadobutrol")
-
-
-@dataclass(frozen=True)
-class StudyIdentity:
-    """Synthetic patient and study attributes shared by every instance of one study."""
-
-    patient_name: str
-    patient_id: str
-    birth_date: str
-    sex: str
-    weight_kg: float
-    accession_number: str
-    study_uid: str
-    frame_of_reference_uid: str
-    study_datetime: dt.datetime
-    uid_seed: str
-
-
-def study_identity(seed: int) -> StudyIdentity:
-    """Deterministic synthetic identity for study number ``seed`` (no real person)."""
-    rng = np.random.default_rng(10_000 + seed)
-    start = dt.datetime(2025, 1, 6, 8, 0, 0) + dt.timedelta(days=int(rng.integers(0, 300)), minutes=int(rng.integers(0, 540)))
-    key = f"synthetic-dce-{seed}"
-    return StudyIdentity(
-        patient_name=f"SYNTHETIC^DCE{seed:04d}",
-        patient_id=f"SYN-DCE-{seed:04d}",
-        birth_date=f"{1940 + int(rng.integers(0, 50))}0101",
-        sex="F",
-        weight_kg=float(np.round(rng.uniform(50, 95), 1)),
-        accession_number=f"ACC{seed:06d}",
-        study_uid=generate_uid(entropy_srcs=[key, "study"]),
-        frame_of_reference_uid=generate_uid(entropy_srcs=[key, "frame-of-reference"]),
-        study_datetime=start,
-        uid_seed=key,
-    )
-
-
-def stored_signal(case: DceCase) -> np.ndarray:
-    """The signal every encoding stores, as the appliance decodes it: ``round(volume)``, float32."""
-    return np.clip(np.round(case.volume), 0, 4095).astype(np.float32)
-
-
-def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters (PS3.5 6.2)."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text if len(text) <= 16 else f"{value:.8g}"
-
-
-def _tm(when: dt.datetime) -> str:
-    return when.strftime("%H%M%S.%f")[:13]
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return item
-
-
-def _age(clinical: dict[str, float | None]) -> str:
-    age = clinical.get("age")
-    return "" if age is None else f"{int(round(age)):03d}Y"
-
-
-def _common(ds: Dataset, ident: StudyIdentity, case: DceCase, sop_class: str, sop_uid: str) -> None:
-    """Patient, General Study, Patient Study, Frame of Reference, Equipment and SOP Common modules."""
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
-        ident.patient_name, ident.patient_id, ident.birth_date, ident.sex,
-    )
-    ds.PatientAge = _age(case.clinical)
-    ds.PatientWeight = _ds(ident.weight_kg)
-    ds.StudyInstanceUID = ident.study_uid
-    ds.StudyDate, ds.StudyTime = ident.study_datetime.strftime("%Y%m%d"), _tm(ident.study_datetime)
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.AccessionNumber = ident.accession_number
-    ds.StudyDescription = "MR BREAST DCE (synthetic)"
-    ds.Modality = "MR"
-    ds.BodyPartExamined = "BREAST"
-    ds.PatientPosition = "HFP"
-    ds.FrameOfReferenceUID = ident.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
-    ds.Manufacturer = "Synthetic"
-    ds.ManufacturerModelName = "DCE generator"
-    ds.DeviceSerialNumber = "0001"
-    ds.SoftwareVersions = "1.0"
-    ds.InstitutionName = "Synthetic Hospital"
-
-
-def _pixel_module(ds: Dataset, rows: int, cols: int, bits_stored: int) -> None:
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-
-
-def _ipp(k: int) -> list[str]:
-    return [_ds(_ORIGIN[0]), _ds(_ORIGIN[1]), _ds(_ORIGIN[2] + k * SPACING_MM[0])]
-
-
-def phase_name(phase: int) -> str:
-    """Series Description of a phase: ``pre``, ``post1``, ``post2`` ..."""
-    return "pre" if phase == 0 else f"post{phase}"
-
-
-def _phase_time(ident: StudyIdentity, case: DceCase, phase: int) -> dt.datetime:
-    return ident.study_datetime + dt.timedelta(minutes=2, seconds=case.phase_times_s[phase])
-
-
-def _contrast(ds: Dataset, ident: StudyIdentity, case: DceCase) -> None:
-    """Contrast/Bolus Module (C.7.6.4) for post-contrast images."""
-    ds.ContrastBolusAgent = "Gadobutrol"
-    ds.ContrastBolusRoute = "IV"
-    ds.ContrastBolusVolume = "7.5"
-    ds.ContrastBolusStartTime = _tm(_phase_time(ident, case, 0) + dt.timedelta(seconds=INJECTION_S))
 
 
 def _classic_slice(
@@ -199,22 +95,22 @@ def _classic_slice(
     """One MR Image Storage instance (A.4): slice ``k`` of ``phase``."""
     ds = Dataset()
     sop_uid = generate_uid(entropy_srcs=[ident.uid_seed, series_uid, str(phase), str(k)])
-    _common(ds, ident, case, MR_IMAGE_STORAGE, sop_uid)
-    when = _phase_time(ident, case, phase)
+    common_modules(ds, ident, case, MR_IMAGE_STORAGE, sop_uid)
+    when = phase_time(ident, case, phase)
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
     ds.Laterality = "L"
-    ds.SeriesDate, ds.SeriesTime = when.strftime("%Y%m%d"), _tm(when if not temporal else _phase_time(ident, case, 0))
+    ds.SeriesDate, ds.SeriesTime = when.strftime("%Y%m%d"), tm(when if not temporal else phase_time(ident, case, 0))
     ds.InstanceNumber = instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
     ds.AcquisitionNumber = phase + 1
-    ds.AcquisitionDate, ds.AcquisitionTime = when.strftime("%Y%m%d"), _tm(when)
-    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), _tm(when)
-    ds.PixelSpacing = [_ds(SPACING_MM[1]), _ds(SPACING_MM[2])]
-    ds.ImageOrientationPatient = [_ds(v) for v in _IOP]
-    ds.ImagePositionPatient = _ipp(k)
-    ds.SliceThickness = _ds(SPACING_MM[0])
-    ds.SpacingBetweenSlices = _ds(SPACING_MM[0])
-    ds.SliceLocation = _ds(_ORIGIN[2] + k * SPACING_MM[0])
+    ds.AcquisitionDate, ds.AcquisitionTime = when.strftime("%Y%m%d"), tm(when)
+    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), tm(when)
+    ds.PixelSpacing = [decimal_string(SPACING_MM[1]), decimal_string(SPACING_MM[2])]
+    ds.ImageOrientationPatient = [decimal_string(v) for v in IOP]
+    ds.ImagePositionPatient = position(k)
+    ds.SliceThickness = decimal_string(SPACING_MM[0])
+    ds.SpacingBetweenSlices = decimal_string(SPACING_MM[0])
+    ds.SliceLocation = decimal_string(ORIGIN[2] + k * SPACING_MM[0])
     ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", ["SP", "SS"], ""
     ds.MRAcquisitionType = "3D"
     ds.SequenceName = "*fl3d1"
@@ -226,16 +122,16 @@ def _classic_slice(
         ds.TemporalPositionIdentifier = phase + 1
         ds.NumberOfTemporalPositions = len(case.phase_times_s)
     if phase > 0:
-        _contrast(ds, ident, case)
+        contrast_module(ds, ident, case)
     rows, cols = stored.shape
     if rescale is None:
         pixels = stored.astype(np.uint16)
-        _pixel_module(ds, rows, cols, 12)
+        pixel_module(ds, rows, cols, 12)
     else:
         slope, intercept = rescale
         pixels = np.round((stored - intercept) / slope).astype(np.uint16)
-        _pixel_module(ds, rows, cols, 16)
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
+        pixel_module(ds, rows, cols, 16)
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = decimal_string(slope), decimal_string(intercept), "US"
     ds.WindowCenter, ds.WindowWidth = "300", "700"
     ds.PixelData = pixels.tobytes()
     return ds
@@ -278,15 +174,15 @@ def _enhanced_shared(ident: StudyIdentity) -> Dataset:
     """Shared Functional Groups (C.7.6.16.1): geometry, pixel transformation and MR acquisition macros."""
     shared = Dataset()
     shared.PixelMeasuresSequence = [_item(
-        PixelSpacing=[_ds(SPACING_MM[1]), _ds(SPACING_MM[2])], SliceThickness=_ds(SPACING_MM[0]),
-        SpacingBetweenSlices=_ds(SPACING_MM[0]),
+        PixelSpacing=[decimal_string(SPACING_MM[1]), decimal_string(SPACING_MM[2])], SliceThickness=decimal_string(SPACING_MM[0]),
+        SpacingBetweenSlices=decimal_string(SPACING_MM[0]),
     )]
-    shared.PlaneOrientationSequence = [_item(ImageOrientationPatient=[_ds(v) for v in _IOP])]
+    shared.PlaneOrientationSequence = [_item(ImageOrientationPatient=[decimal_string(v) for v in IOP])]
     shared.PixelValueTransformationSequence = [_item(
-        RescaleIntercept=_ds(_ENHANCED_INTERCEPT), RescaleSlope="1", RescaleType="US",
+        RescaleIntercept=decimal_string(_ENHANCED_INTERCEPT), RescaleSlope="1", RescaleType="US",
     )]
     shared.FrameAnatomySequence = [_item(
-        AnatomicRegionSequence=[_code("76752008", "SCT", "Breast")], FrameLaterality="L",
+        AnatomicRegionSequence=[code_item("76752008", "SCT", "Breast")], FrameLaterality="L",
     )]
     shared.MRTimingAndRelatedParametersSequence = [_item(
         RepetitionTime="4.5", FlipAngle="10", EchoTrainLength=1, RFEchoTrainLength=1, GradientEchoTrainLength=1,
@@ -330,7 +226,7 @@ def _enhanced_shared(ident: StudyIdentity) -> Dataset:
 
 def _enhanced_frame(ident: StudyIdentity, case: DceCase, phase: int, k: int, n_z: int) -> Dataset:
     """Per-frame Functional Groups: Frame Content (temporal position, stack position), Plane Position, contrast use."""
-    when = _phase_time(ident, case, phase) + dt.timedelta(seconds=k * 60.0 / n_z)
+    when = phase_time(ident, case, phase) + dt.timedelta(seconds=k * 60.0 / n_z)
     frame = Dataset()
     frame.FrameContentSequence = [_item(
         FrameAcquisitionNumber=phase + 1,
@@ -343,7 +239,7 @@ def _enhanced_frame(ident: StudyIdentity, case: DceCase, phase: int, k: int, n_z
         InStackPositionNumber=k + 1,
         FrameLabel=phase_name(phase),
     )]
-    frame.PlanePositionSequence = [_item(ImagePositionPatient=_ipp(k))]
+    frame.PlanePositionSequence = [_item(ImagePositionPatient=position(k))]
     frame.ContrastBolusUsageSequence = [_item(
         ContrastBolusAgentNumber=1, ContrastBolusAgentAdministered="YES" if phase > 0 else "NO",
         ContrastBolusAgentDetected="YES" if phase > 0 else "NO",
@@ -358,12 +254,12 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
     n_p, n_z, rows, cols = stored.shape
     ds = Dataset()
     series_uid = generate_uid(entropy_srcs=[ident.uid_seed, "enhanced"])
-    _common(ds, ident, case, ENHANCED_MR_IMAGE_STORAGE, generate_uid(entropy_srcs=[ident.uid_seed, series_uid]))
-    first = _phase_time(ident, case, 0)
+    common_modules(ds, ident, case, ENHANCED_MR_IMAGE_STORAGE, generate_uid(entropy_srcs=[ident.uid_seed, series_uid]))
+    first = phase_time(ident, case, 0)
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 5, "DCE dynamic (enhanced)"
-    ds.SeriesDate, ds.SeriesTime = first.strftime("%Y%m%d"), _tm(first)
+    ds.SeriesDate, ds.SeriesTime = first.strftime("%Y%m%d"), tm(first)
     ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = first.strftime("%Y%m%d"), _tm(first)
+    ds.ContentDate, ds.ContentTime = first.strftime("%Y%m%d"), tm(first)
     ds.NumberOfFrames = n_p * n_z
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.AcquisitionNumber = 1
@@ -378,24 +274,8 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
     ds.PixelPresentation, ds.VolumetricProperties = "MONOCHROME", "VOLUME"
     ds.VolumeBasedCalculationTechnique, ds.ComplexImageComponent, ds.AcquisitionContrast = "NONE", "MAGNITUDE", "T1"
     ds.BurnedInAnnotation, ds.LossyImageCompression, ds.PresentationLUTShape = "NO", "00", "IDENTITY"
-    # MR Pulse Sequence Module (C.8.13.4)
-    ds.PulseSequenceName = "fl3d"
-    ds.MRAcquisitionType = "3D"
-    ds.EchoPulseSequence, ds.MultiPlanarExcitation = "GRADIENT", "NO"
-    ds.PhaseContrast, ds.TimeOfFlightContrast = "NO", "NO"
-    ds.SteadyStatePulseSequence, ds.EchoPlanarPulseSequence, ds.SaturationRecovery = "NONE", "NO", "NO"
-    ds.SpectrallySelectedSuppression, ds.OversamplingPhase = "NONE", "NONE"
-    ds.GeometryOfKSpaceTraversal, ds.SegmentedKSpaceTraversal = "RECTILINEAR", "SINGLE"
-    ds.RectilinearPhaseEncodeReordering, ds.CoverageOfKSpace = "LINEAR", "FULL"
-    ds.NumberOfKSpaceTrajectories = 1
-    # Enhanced Contrast/Bolus Module (C.7.6.4b)
-    agent = _code(*_GADOLINIUM)
-    agent.ContrastBolusAgentNumber = 1
-    agent.ContrastBolusAdministrationRouteSequence = [_code("47625008", "SCT", "Intravenous route")]
-    agent.ContrastBolusIngredientCodeSequence = [_code("10467000", "SCT", "Gadolinium")]
-    agent.ContrastBolusVolume = "7.5"
-    agent.ContrastBolusIngredientConcentration = "604.72"
-    ds.ContrastBolusAgentSequence = [agent]
+    _pulse_sequence_module(ds)
+    ds.ContrastBolusAgentSequence = [_contrast_agent()]  # Enhanced Contrast/Bolus Module (C.7.6.4b)
     ds.AcquisitionContextSequence = []
     # Multi-frame Dimension Module (C.7.6.17)
     organization = generate_uid(entropy_srcs=[ident.uid_seed, "dimension-organization"])
@@ -410,9 +290,33 @@ def _enhanced(case: DceCase, ident: StudyIdentity) -> Dataset:
     ds.SharedFunctionalGroupsSequence = [_enhanced_shared(ident)]
     ds.PerFrameFunctionalGroupsSequence = [_enhanced_frame(ident, case, p, k, n_z) for p in range(n_p)
                                            for k in range(n_z)]
-    _pixel_module(ds, rows, cols, 16)
+    pixel_module(ds, rows, cols, 16)
     ds.PixelData = np.round(stored - _ENHANCED_INTERCEPT).astype(np.uint16).reshape(n_p * n_z, rows, cols).tobytes()
     return ds
+
+
+def _pulse_sequence_module(ds: Dataset) -> None:
+    """MR Pulse Sequence Module (C.8.13.4) of a 3-D spoiled gradient echo."""
+    ds.PulseSequenceName = "fl3d"
+    ds.MRAcquisitionType = "3D"
+    ds.EchoPulseSequence, ds.MultiPlanarExcitation = "GRADIENT", "NO"
+    ds.PhaseContrast, ds.TimeOfFlightContrast = "NO", "NO"
+    ds.SteadyStatePulseSequence, ds.EchoPlanarPulseSequence, ds.SaturationRecovery = "NONE", "NO", "NO"
+    ds.SpectrallySelectedSuppression, ds.OversamplingPhase = "NONE", "NONE"
+    ds.GeometryOfKSpaceTraversal, ds.SegmentedKSpaceTraversal = "RECTILINEAR", "SINGLE"
+    ds.RectilinearPhaseEncodeReordering, ds.CoverageOfKSpace = "LINEAR", "FULL"
+    ds.NumberOfKSpaceTrajectories = 1
+
+
+def _contrast_agent() -> Dataset:
+    """The gadolinium agent item of the Enhanced Contrast/Bolus Module (C.7.6.4b)."""
+    agent = code_item(*GADOLINIUM)
+    agent.ContrastBolusAgentNumber = 1
+    agent.ContrastBolusAdministrationRouteSequence = [code_item("47625008", "SCT", "Intravenous route")]
+    agent.ContrastBolusIngredientCodeSequence = [code_item("10467000", "SCT", "Gadolinium")]
+    agent.ContrastBolusVolume = "7.5"
+    agent.ContrastBolusIngredientConcentration = "604.72"
+    return agent
 
 
 def encode_case(case: DceCase, encoding: Encoding, identity: StudyIdentity | None = None) -> list[Dataset]:
