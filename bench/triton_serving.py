@@ -1,6 +1,6 @@
 """Triton backend benchmark: a slide's tile-engine work through one real tritonserver against local ONNX Runtime.
 
-    .venv/bin/python bench/triton.py [--tiles N] [--batch B] [--threads T]
+    .venv/bin/python bench/triton_serving.py [--tiles N] [--batch B] [--threads T]
 
 A child process exports the project's tile encoder (export.models.tile, 96 px
 tiles, random weights) to ONNX; a synthetic slide (pyramidal TIFF) is cut into
