@@ -6,15 +6,16 @@
 Exports the encoder to ONNX (weights as external data beside ``model.onnx``), frees
 the torch copy, optionally converts to fp16 (LayerNorm / Softmax / residual adds
 fp32, as the export does), then runs each precision in ONNX Runtime at the given
-batch sizes. Prints tiles/s, cosine to fp32, the process's current and peak RSS
-after every stage, and the size of the files on disk.
+batch sizes in a fresh process (as the appliance does: no torch, no exporter's
+leftovers), so its peak RSS is the serving figure. Prints tiles/s, cosine to fp32,
+current and peak RSS after every stage, and the size of the files on disk.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +26,15 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.fp16 import convert_fp16  # noqa: E402
-from export.gate import cosine_to_reference  # noqa: E402
-from export.models.vit import VisionTransformer, preset  # noqa: E402
-from export.onnx_export import export_onnx, model_files  # noqa: E402
-
 
 def rss_mib() -> tuple[float, float]:
-    """(current, peak) resident set size of this process in MiB."""
-    current = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """(current, peak) resident set size of this process in MiB (VmRSS, VmHWM: unlike ru_maxrss, the peak
+    starts afresh at exec, so a child's is its own, not its parent's inherited one)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) / 1024.0, int(status["VmHWM"].split()[0]) / 1024.0
 
 
 def report(stage: str, started: float) -> None:
@@ -66,6 +62,22 @@ def rate(run, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-un
     return done / (time.perf_counter() - start)
 
 
+def serve(path: Path, reference_path: Path, batches: list[int], threads: int, seconds: float) -> None:
+    """Load ``path`` in ONNX Runtime, time it at each batch size, compare its embeddings with the fp32 reference."""
+    started = time.perf_counter()
+    images = np.load(path.parents[1] / "images.npy")
+    s = session(path, threads)
+    report("session loaded", started)
+    out = s.run(None, {"image": images})[0]
+    if not reference_path.exists():
+        np.save(reference_path, out)
+    reference = np.load(reference_path)
+    cosine = (reference * out).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(out, axis=1))
+    for b in batches:
+        tiles_per_s = rate(lambda x: s.run(None, {"image": x})[0], images[:b], seconds)
+        report(f"batch {b}: {tiles_per_s:.2f} tiles/s, cos min {float(cosine.min()):.5f}", started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit-l16")
@@ -74,7 +86,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tile", type=int, default=224)
+    parser.add_argument("--serve", type=Path, help="(internal) run this model file, in this process")
+    parser.add_argument("--reference", type=Path, help="(internal) fp32 embeddings, written by the first --serve")
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.reference, [int(b) for b in args.batches.split(",")], args.threads, args.seconds)
+        return
+    import torch  # the exporting process only: the serving one runs without torch, as the appliance does
+
+    from export.fp16 import convert_fp16
+    from export.models.vit import VisionTransformer, preset
+    from export.onnx_export import export_onnx, model_files
+
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     images = np.random.default_rng(0).standard_normal((max(batches), 3, args.tile, args.tile)).astype(np.float32)
@@ -98,20 +121,14 @@ def main() -> None:
             convert_fp16(fp32, paths["fp16"], sample=[{"image": images[:1]}], residual_fp32=True)
             gc.collect()
             report("converted to fp16", started)
-        reference: np.ndarray | None = None
+        np.save(work / "images.npy", images)
         for precision, path in paths.items():
             files = model_files(path)
-            print(f"  {precision}: {', '.join(f.name for f in files)} ({sum(f.stat().st_size for f in files) / 2**20:,.0f} MiB)")
-            s = session(path, args.threads)
-            report(f"{precision} session loaded", started)
-            out = s.run(None, {"image": images[:1]})[0]
-            reference = out if reference is None else reference
-            cosine = float(cosine_to_reference(reference, out).min())
-            for b in batches:
-                tiles_per_s = rate(lambda x, s=s: s.run(None, {"image": x})[0], images[:b], args.seconds)
-                report(f"{precision} batch {b}: {tiles_per_s:.2f} tiles/s, cos {cosine:.5f}", started)
-            del s
-            gc.collect()
+            print(f"  {precision}: {', '.join(f.name for f in files)} ({sum(f.stat().st_size for f in files) / 2**20:,.0f} MiB)"
+                  " -- served in a fresh process:", flush=True)
+            subprocess.run([sys.executable, __file__, "--serve", str(path), "--reference", str(work / "reference.npy"),
+                            "--batches", args.batches, "--threads", str(args.threads), "--seconds", str(args.seconds)],
+                           check=True)  # fmt: skip
     current, peak = rss_mib()
     print(f"peak RSS of the whole run: {peak:,.0f} MiB")
 
