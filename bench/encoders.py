@@ -6,8 +6,9 @@
 Per model (full depth, random weights, 224 px, batch 16): torch eager, ONNX Runtime
 fp32 (the plain export), fp32 with ONNX Runtime's transformer fusions (the CPU
 bundle), fp16 (mixed precision, LayerNorm / Softmax / residual adds fp32), int8 as
-the export writes it (TensorRT-legal Q/DQ on every MatMul input but attention's
-probabilities @ V, symmetric, per-channel weights) and int8 the way ONNX Runtime's CPU kernels prefer (dynamic
+the export writes it (``export.int8.TRANSFORMER_INT8``: TensorRT-legal Q/DQ on every
+MatMul input but attention's probabilities @ V and the first block's qkv, symmetric,
+per-channel weights) and int8 the way ONNX Runtime's CPU kernels prefer (dynamic
 quantization: MatMulInteger with per-batch activation ranges; not TensorRT-legal).
 Ratios are against ONNX Runtime fp32 in the same run. Cosine is measured on tiles
 cut from synthetic slides; random weights are no measure of accuracy, so one more
@@ -26,15 +27,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
+# run as a script, this folder leads sys.path, and bench/triton.py would shadow the triton package torch's ONNX
+# exporter imports (AttributeError: module 'triton' has no attribute 'language'): drop the folder from the path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.encoder import normalize, slide_tiles  # noqa: E402
 from export.fp16 import convert_fp16  # noqa: E402
 from export.gate import cosine_to_reference  # noqa: E402
-from export.int8 import TRANSFORMER_OP_TYPES, Int8Settings, quantize_int8  # noqa: E402
+from export.int8 import TRANSFORMER_INT8, quantize_int8  # noqa: E402
 from export.models.vit import VisionTransformer, VitConfig, preset  # noqa: E402
 from export.onnx_export import export_onnx, optimize_for_ort_cpu  # noqa: E402
 from export.train import train_demo_vit  # noqa: E402
@@ -94,8 +99,7 @@ def build_variants(model: VisionTransformer, work: Path, calibration: np.ndarray
     paths["onnx fp16"] = work / "fp16" / "model.onnx"
     convert_fp16(paths["onnx fp32"], paths["onnx fp16"], sample=[{"image": calibration[:4]}], residual_fp32=True)
     paths["int8 Q/DQ (TensorRT)"] = work / "int8" / "model.onnx"
-    settings = Int8Settings(op_types=TRANSFORMER_OP_TYPES, max_batch=4, float_attention_values=True)
-    quantize_int8(paths["onnx fp32"], paths["int8 Q/DQ (TensorRT)"], feeds, settings)
+    quantize_int8(paths["onnx fp32"], paths["int8 Q/DQ (TensorRT)"], feeds, TRANSFORMER_INT8)
     paths["int8 dynamic (ORT)"] = _dynamic_int8(paths["onnx fp32"], work / "dynamic" / "model.onnx")
     return paths
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.int8 import TRANSFORMER_OP_TYPES, Int8Settings
+from export.int8 import TRANSFORMER_INT8
 from export.models.mil import GatedAttentionMIL, MilConfig
 from export.models.vit import VisionTransformer, VitConfig
 from export.pipeline import EncoderGate, TaskExport
@@ -181,7 +181,7 @@ def encoder_specs(
         TaskData([{"image": held_x[i : i + b]} for i in range(0, len(held_x), b)], held_labels),
         [{"image": train_x[i : i + b]} for i in range(0, min(len(train_x), data.calibration_tiles), b)],
         lambda outputs: outputs[0][:, 0], 0.5, {"image": held_x[:2]},
-        int8=Int8Settings(op_types=TRANSFORMER_OP_TYPES, max_batch=4, float_attention_values=True),
+        int8=TRANSFORMER_INT8,
         encoder_gate=EncoderGate(held_slices, aggregate), transformer=(cfg.num_heads, cfg.embed_dim),
     )  # fmt: skip
     slide = TaskExport(

@@ -45,6 +45,17 @@ class Int8Settings:
     #: keep attention's probabilities @ V MatMul in float: softmax outputs in symmetric int8 lose the small
     #: probabilities (demo-trained ViT-S/16: embedding cosine 0.977 -> 0.992 with it); TensorRT runs it in fp16
     float_attention_values: bool = False
+    #: keep the first block's projections of the first LayerNorm's output (qkv) in float: int8 rounding of that
+    #: tensor loses what tells near-uniform (background-heavy) tiles' patch tokens apart, and their embeddings turn away
+    #: (demo-trained ViT-S/16, 256 tiles: cosine p1 0.797 -> 0.999, mean 0.992 -> 0.999; bench/encoders.py)
+    float_first_block_input: bool = False
+
+
+#: a ViT tile encoder's int8 (export and bench): Q/DQ on the MatMul inputs but attention's probabilities @ V and
+#: the first block's qkv, percentile 99.999 calibration, calibration batches of 4 tiles
+TRANSFORMER_INT8 = Int8Settings(
+    op_types=TRANSFORMER_OP_TYPES, max_batch=4, float_attention_values=True, float_first_block_input=True
+)
 
 
 def equal_batches(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -142,6 +153,7 @@ def quantize_int8(
     if settings.method == "percentile":
         extra_options["CalibPercentile"] = settings.percentile
     excluded = list(settings.exclude_nodes) + (_attention_value_matmuls(fp32_path) if settings.float_attention_values else [])
+    excluded += _first_block_matmuls(fp32_path) if settings.float_first_block_input else []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".tmp-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -180,4 +192,20 @@ def _attention_value_matmuls(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in softmax]
 
 
-__all__ = ["Int8Settings", "TENSORRT_OP_TYPES", "TRANSFORMER_OP_TYPES", "model_files", "quantize_int8"]
+def _first_block_matmuls(path: Path) -> list[str]:
+    """Names of the weighted MatMuls/Gemms reading the first LayerNormalization's output (block 0's qkv)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    norm = next((n for n in graph.node if n.op_type == "LayerNormalization"), None)
+    if norm is None:
+        raise ExportError(f"{path.name}: float_first_block_input needs a LayerNormalization node, the graph has none")
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names = [
+        n.name for n in graph.node
+        if n.op_type in ("MatMul", "Gemm") and n.input[0] == norm.output[0] and n.input[1] in constants
+    ]  # fmt: skip
+    if not names:
+        raise ExportError(f"{path.name}: no weighted MatMul reads the first LayerNormalization {norm.name!r}")
+    return names
+
+
+__all__ = ["Int8Settings", "TENSORRT_OP_TYPES", "TRANSFORMER_INT8", "TRANSFORMER_OP_TYPES", "model_files", "quantize_int8"]

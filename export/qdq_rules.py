@@ -17,6 +17,8 @@ in float, TensorRT fuses the adds into the preceding GEMM's epilogue):
 - an attention MatMul (Q @ K^T, softmax @ V: two activations, no constant weight)
   has both inputs quantized per tensor, or neither (then TensorRT runs it in
   fp16/fp32; one quantized input alone is a wasted, precision-losing Q/DQ);
+- likewise a projection (MatMul/Gemm with a constant weight) is quantized on both
+  inputs or kept in float as a whole (a sensitive layer, e.g. the first block's qkv);
 - LayerNormalization, Softmax and GELU (``Erf`` / ``Gelu`` and ONNX Runtime's fused
   forms) take a float input: a DequantizeLinear in front of them would round the
   tensor to int8 for an op TensorRT runs in float anyway.
@@ -50,6 +52,7 @@ class QdqSummary:
     residual_adds: int
     attention_matmuls: int = 0
     float_only_ops: int = 0
+    float_weighted_ops: int = 0  #: projections kept in float as a whole (transformers only)
 
 
 class _Graph:
@@ -105,8 +108,10 @@ def check_qdq_model(model: onnx.ModelProto | Path, residual_adds: bool = True) -
     for node in q_nodes:
         problems.extend(_check_scale_zero_point(g, node))
     weighted = [n for n in g.graph.node if n.op_type in WEIGHTED_OPS and not _is_attention(g, n)]
+    kept_float = [] if residual_adds else [n for n in weighted if not any(_from_dq(g, name) for name in n.input[:2])]
     for node in weighted:
-        problems.extend(_check_weighted(g, node))
+        if node.name not in {n.name for n in kept_float}:
+            problems.extend(_check_weighted(g, node))
     attention = [n for n in g.graph.node if n.op_type == "MatMul" and _is_attention(g, n)]
     for node in attention:
         problems.extend(_check_attention(g, node))
@@ -127,10 +132,11 @@ def check_qdq_model(model: onnx.ModelProto | Path, residual_adds: bool = True) -
     return QdqSummary(
         quantize_nodes=sum(n.op_type == "QuantizeLinear" for n in q_nodes),
         dequantize_nodes=sum(n.op_type == "DequantizeLinear" for n in q_nodes),
-        weighted_ops=len(weighted),
+        weighted_ops=len(weighted) - len(kept_float),
         residual_adds=len(adds),
         attention_matmuls=len(attention),
         float_only_ops=len(float_only),
+        float_weighted_ops=len(kept_float),
     )
 
 
