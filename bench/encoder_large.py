@@ -21,11 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# run as a script, this folder leads sys.path, and bench/triton.py would shadow the triton package torch's ONNX
-# exporter imports: drop the folder from the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

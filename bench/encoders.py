@@ -27,12 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# run as a script, this folder leads sys.path, and bench/triton.py would shadow the triton package torch's ONNX
-# exporter imports (AttributeError: module 'triton' has no attribute 'language'): drop the folder from the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
