@@ -134,26 +134,8 @@ def quantize_int8(
     }
     if settings.method not in methods:
         raise ExportError(f"calibration method {settings.method!r} is not one of {sorted(methods)}")
-    excluded_outputs = sorted(
-        {n.op_type for n in onnx.load(str(fp32_path), load_external_data=False).graph.node}
-        - set(settings.quantize_outputs_of)
-    )
-    extra_options: dict[str, object] = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "DedicatedQDQPair": True,
-        "QuantizeBias": False,
-        "OpTypesToExcludeOutputQuantization": excluded_outputs,
-        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "MatMul": 1},
-        "CalibTensorRangeSymmetric": True,
-        # one batch at a time: histograms merge batch by batch instead of holding every batch's activations
-        # (a ViT-L's intermediate tensors are ~250 MB per tile)
-        "CalibStridedMinMax": 1,
-    }
-    if settings.method == "percentile":
-        extra_options["CalibPercentile"] = settings.percentile
-    excluded = list(settings.exclude_nodes) + (_attention_value_matmuls(fp32_path) if settings.float_attention_values else [])
-    excluded += _first_block_matmuls(fp32_path) if settings.float_first_block_input else []
+    extra_options = _extra_options(fp32_path, settings)
+    excluded = _float_nodes(fp32_path, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".tmp-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -183,6 +165,37 @@ def quantize_int8(
         "quantized %s to %s (%s calibration, %d batches)", fp32_path.name, out_path.name, settings.method, len(calibration)
     )
     return files
+
+
+def _extra_options(fp32_path: Path, settings: Int8Settings) -> dict[str, object]:
+    """ONNX Runtime's quantizer options: symmetric, per-channel weights, Q/DQ only where TensorRT wants them."""
+    excluded_outputs = sorted(
+        {n.op_type for n in onnx.load(str(fp32_path), load_external_data=False).graph.node}
+        - set(settings.quantize_outputs_of)
+    )
+    extra_options: dict[str, object] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "DedicatedQDQPair": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": excluded_outputs,
+        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "MatMul": 1},
+        "CalibTensorRangeSymmetric": True,
+        # one batch at a time: histograms merge batch by batch instead of holding every batch's activations
+        # (a ViT-L's intermediate tensors are ~250 MB per tile)
+        "CalibStridedMinMax": 1,
+    }
+    if settings.method == "percentile":
+        extra_options["CalibPercentile"] = settings.percentile
+    return extra_options
+
+
+def _float_nodes(fp32_path: Path, settings: Int8Settings) -> list[str]:
+    """The nodes kept in float: the settings' own, attention values and the first block's qkv when asked."""
+    excluded = list(settings.exclude_nodes)
+    excluded += _attention_value_matmuls(fp32_path) if settings.float_attention_values else []
+    excluded += _first_block_matmuls(fp32_path) if settings.float_first_block_input else []
+    return excluded
 
 
 def _attention_value_matmuls(path: Path) -> list[str]:
