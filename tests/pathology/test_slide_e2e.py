@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from pydicom.uid import generate_uid
 
 from export.synthetic.slide import make_slide, write_dicom_wsi, write_tiff
 from tests.appliance import _e2e
-from tests.appliance._demo_run import demo_run
+from tests.appliance.test_e2e import _start, appliance_dir, engine_cache, serves  # noqa: F401 - fixtures
 from tests.pathology.test_organizations import orthanc_dicomize
 from tests.peers import Orthanc, dciodvfy, peer_env
 
@@ -33,39 +32,6 @@ SM_ROUTE = {"pipeline": "pathology", "match": {"Modality": "SM"}, "stable_second
 #: the demo engine), long enough on 2 cores to be killed at 60 % with a checkpoint each half second
 MOSAIC = 6
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-@pytest.fixture(scope="module")
-def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundles cached by the session's demo run (trained once per session)."""
-    run = demo_run(tmp_path_factory)
-    cache = run.data_dir / "demo-engines"
-    if not (cache / "bundles.json").is_file():
-        pytest.fail(f"the demo run made no engine cache (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
-    return cache
-
-
-@pytest.fixture
-def appliance_dir(tmp_path: Path, engine_cache: Path) -> Path:
-    data_dir = tmp_path / "var"
-    data_dir.mkdir()
-    _e2e.install_cached_engines(data_dir, engine_cache)
-    return data_dir
-
-
-@pytest.fixture
-def serves() -> Iterator[list[_e2e.Serve]]:
-    started: list[_e2e.Serve] = []
-    yield started
-    for serve in started:
-        serve.close()
-
-
-def _start(serves: list[_e2e.Serve], config: Path, node_port: int) -> _e2e.Serve:
-    serve = _e2e.Serve(config, node_port, config.parent / "serve.log")
-    serves.append(serve)
-    serve.start()
-    return serve
 
 
 def storescu(paths: list[Path], port: int, *options: str) -> None:
